@@ -1,0 +1,30 @@
+"""trilay.engine: the circuit IR, its compiler, and the compiled circuit as a torch module.
+
+Typical use::
+
+    from trilay.engine import Circuit
+    c = Circuit()
+    c.add_sdd_file("circuit.sdd", "circuit.vtree")
+    module = c.compile().module("log")
+    log_prob = module(log_weights)          # [..., V] -> [..., num_roots]
+"""
+
+from . import errors
+from .circuit import Circuit
+from .compiled import CompiledCircuit, Layer
+from .module import CircuitModule
+from .naive import evaluate_naive
+from .semiring import SEMIRINGS, Semiring, get_semiring, log1mexp
+
+__all__ = [
+    "Circuit",
+    "CompiledCircuit",
+    "CircuitModule",
+    "Layer",
+    "Semiring",
+    "SEMIRINGS",
+    "get_semiring",
+    "log1mexp",
+    "evaluate_naive",
+    "errors",
+]

@@ -1,0 +1,248 @@
+"""The circuit IR: a multi-rooted NNF DAG over variables ``1..V``, and its builders.
+
+Nodes are integers handed out in creation order. A node's children always exist before it,
+so creation order is a topological order and a builder can never close a cycle; loaders of
+formats that allow forward references (d4) sort their nodes and reject cycles with a
+:class:`~trilay.engine.errors.ParseError`.
+
+The storage is flat (kind, literal, CSR of children) so that :meth:`Circuit.compile` works on
+numpy arrays, and bulk loaders append whole arrays without per-node Python work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .errors import CircuitError
+
+#: Node kinds, as stored in the IR.
+FALSE, TRUE, LITERAL, AND, OR = 0, 1, 2, 3, 4
+
+
+class Circuit:
+    """A multi-rooted NNF circuit (literals, true, false, AND, OR) with shared sub-circuits.
+
+    Build it with :meth:`literal`, :meth:`true`, :meth:`false`, :meth:`conjoin`,
+    :meth:`disjoin` and :meth:`add_root`, or with the loaders (:meth:`add_sdd`,
+    :meth:`add_sdd_file`, :meth:`add_nnf_file`, :meth:`add_cnf`), each of which adds one root
+    and returns its index. Then :meth:`compile` it once and evaluate the result often.
+
+    ``num_vars`` declares the variables ``1..num_vars``; a literal beyond it is an error. Left
+    as ``None``, the variable count is the largest variable any builder has seen.
+    """
+
+    def __init__(self, num_vars: int | None = None):
+        if num_vars is not None and (not _is_int(num_vars) or num_vars < 0):
+            raise CircuitError(f"num_vars must be a non-negative integer, got {num_vars!r}")
+        self._declared_vars = None if num_vars is None else int(num_vars)
+        self._max_var = 0
+        self._kind: list[int] = []
+        self._lit: list[int] = []
+        self._child_start: list[int] = [0]
+        self._children: list[int] = []
+        self._roots: list[int] = []
+        self._interned: dict[tuple[int, int], int] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_vars(self) -> int:
+        """Number of variables: declared, or the largest one seen."""
+        return self._declared_vars if self._declared_vars is not None else self._max_var
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self._kind)
+
+    @property
+    def num_edges(self) -> int:
+        return len(self._children)
+
+    @property
+    def num_roots(self) -> int:
+        return len(self._roots)
+
+    @property
+    def roots(self) -> list[int]:
+        return list(self._roots)
+
+    def kind(self, node: int) -> int:
+        return self._kind[self._check_node(node)]
+
+    def literal_of(self, node: int) -> int:
+        """The signed literal of a literal node (0 for other kinds)."""
+        return self._lit[self._check_node(node)]
+
+    def children(self, node: int) -> list[int]:
+        node = self._check_node(node)
+        return self._children[self._child_start[node] : self._child_start[node + 1]]
+
+    # ------------------------------------------------------------------ programmatic builders
+    def literal(self, lit: int) -> int:
+        """The node of literal ``lit``: ``+v`` for variable ``v`` true, ``-v`` for it false."""
+        if not _is_int(lit) or lit == 0:
+            raise CircuitError(f"a literal is a non-zero integer +v or -v, got {lit!r}")
+        lit = int(lit)
+        self._check_var(abs(lit))
+        return self._intern(LITERAL, lit)
+
+    def true(self) -> int:
+        return self._intern(TRUE, 0)
+
+    def false(self) -> int:
+        return self._intern(FALSE, 0)
+
+    def conjoin(self, children: Iterable[int]) -> int:
+        """An AND node over ``children`` (no children: true)."""
+        return self._internal(AND, children)
+
+    def disjoin(self, children: Iterable[int]) -> int:
+        """An OR node over ``children`` (no children: false)."""
+        return self._internal(OR, children)
+
+    def add_root(self, node: int) -> int:
+        """Make ``node`` an output; returns its root index (roots keep their order)."""
+        self._roots.append(self._check_node(node))
+        return len(self._roots) - 1
+
+    # ------------------------------------------------------------------ loaders
+    def add_sdd(self, node) -> int:
+        """Add a PySDD ``SddNode`` as a new root; returns the root index."""
+        from .io import sdd_node_arrays
+
+        return self.add_root(self._append_arrays(*sdd_node_arrays(node)))
+
+    def add_sdd_file(self, sdd_path: str | os.PathLike, vtree_path: str | os.PathLike | None = None) -> int:
+        """Add an SDD text file (libsdd / PySDD format) as a new root; returns the root index.
+
+        The vtree file, when given, declares the variable count (so variables the SDD does not
+        mention still count, as in PySDD's model count) and is checked against the SDD.
+        """
+        from .io import read_sdd_file
+
+        arrays, num_vars = read_sdd_file(sdd_path, vtree_path)
+        if num_vars is not None:
+            self._check_var(num_vars, declare=True, source=os.fspath(vtree_path))
+        return self.add_root(self._append_arrays(*arrays))
+
+    def add_nnf_file(self, path: str | os.PathLike) -> int:
+        """Add a d-DNNF file in c2d (``nnf v e n`` header) or d4 format; returns the root index."""
+        from .io import read_nnf_file
+
+        arrays, num_vars = read_nnf_file(path)
+        if num_vars is not None:
+            self._check_var(num_vars, declare=True, source=os.fspath(path))
+        return self.add_root(self._append_arrays(*arrays))
+
+    def add_cnf(
+        self,
+        cnf: str | os.PathLike | Sequence[Sequence[int]],
+        num_vars: int | None = None,
+        vtree: str = "balanced",
+    ) -> int:
+        """Compile a CNF with PySDD and add it as a new root; returns the root index.
+
+        ``cnf`` is a DIMACS file path or a list of clauses (each a list of non-zero signed
+        literals). ``num_vars`` defaults to the DIMACS header, or the largest variable, or the
+        circuit's declared count. ``vtree`` is PySDD's vtree type (``balanced``, ``right``,
+        ``left``, ``vertical``, ...).
+        """
+        from .io import compile_cnf_with_pysdd, read_dimacs
+
+        if isinstance(cnf, (str, os.PathLike)):
+            clauses, header_vars = read_dimacs(cnf)
+            num_vars = header_vars if num_vars is None else num_vars
+        else:
+            clauses = [list(c) for c in cnf]
+        largest = max((abs(int(lit)) for c in clauses for lit in c), default=0)
+        if num_vars is None:
+            num_vars = max(largest, self.num_vars, 1)
+        if largest > num_vars:
+            raise CircuitError(f"CNF literal {largest} exceeds its variable count {num_vars}")
+        self._check_var(num_vars, declare=True, source="CNF")
+        root = compile_cnf_with_pysdd(clauses, num_vars, vtree)
+        return self.add_sdd(root)
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, *, smooth: bool = True, fixed: dict[int, bool] | None = None):
+        """Compile to layers: simplify, smooth, merge duplicates, layerize.
+
+        Args:
+            smooth: make every OR node's children mention the same variables and every root
+                mention all ``num_vars`` variables (inserting ``v OR -v``). Needed whenever a
+                variable's two literal weights do not sum to the semiring's one (``mpe``,
+                ``godel``, explicit ``neg`` weights such as ProbLog's); harmless otherwise,
+                apart from the extra nodes. ``smooth=False`` gives the circuit as written.
+            fixed: ``{var: bool}``: literals fixed true/false, folded in as constants.
+
+        Returns:
+            a :class:`~trilay.engine.compiled.CompiledCircuit`.
+        """
+        from .compiler import compile_circuit
+
+        return compile_circuit(self, smooth=smooth, fixed=fixed)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(kind, lit, child_start, children, roots)`` as int64 numpy arrays (a snapshot)."""
+        return (
+            np.asarray(self._kind, dtype=np.int64),
+            np.asarray(self._lit, dtype=np.int64),
+            np.asarray(self._child_start, dtype=np.int64),
+            np.asarray(self._children, dtype=np.int64),
+            np.asarray(self._roots, dtype=np.int64),
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _intern(self, kind: int, lit: int) -> int:
+        key = (kind, lit)
+        node = self._interned.get(key)
+        if node is None:
+            node = len(self._kind)
+            self._kind.append(kind)
+            self._lit.append(lit)
+            self._child_start.append(len(self._children))
+            self._interned[key] = node
+        return node
+
+    def _internal(self, kind: int, children: Iterable[int]) -> int:
+        kids = [self._check_node(c) for c in children]
+        node = len(self._kind)
+        self._kind.append(kind)
+        self._lit.append(0)
+        self._children.extend(kids)
+        self._child_start.append(len(self._children))
+        return node
+
+    def _append_arrays(
+        self, kind: np.ndarray, lit: np.ndarray, child_start: np.ndarray, children: np.ndarray, root: int
+    ) -> int:
+        """Append a loader's local DAG (ids ``0..n-1``, children before parents); returns the
+        circuit id of its local node ``root``."""
+        base = len(self._kind)
+        lits = np.abs(lit[kind == LITERAL])
+        if lits.size:
+            self._check_var(int(lits.max()))
+        self._kind.extend(kind.tolist())
+        self._lit.extend(lit.tolist())
+        self._child_start.extend((child_start[1:] + len(self._children)).tolist())
+        self._children.extend((children + base).tolist())
+        return base + int(root)
+
+    def _check_node(self, node) -> int:
+        if not _is_int(node) or not 0 <= node < len(self._kind):
+            raise CircuitError(f"{node!r} is not a node of this circuit ({len(self._kind)} nodes)")
+        return int(node)
+
+    def _check_var(self, var: int, declare: bool = False, source: str | None = None) -> None:
+        if self._declared_vars is not None and var > self._declared_vars:
+            what = f"{source} declares {var} variables" if declare else f"literal {var}"
+            raise CircuitError(
+                f"{what}, beyond the circuit's declared variable count {self._declared_vars}"
+            )
+        self._max_var = max(self._max_var, var)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)

@@ -1,0 +1,155 @@
+"""The compiled, layered circuit: index tensors per layer, built once, moved to a device once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .errors import CircuitError, ParseError
+
+_FORMAT = "trilay.compiled/1"
+
+
+@dataclass
+class Layer:
+    """One layer of a compiled circuit, a CSR over the layer below.
+
+    Node ``i`` of this layer reduces the rows ``child[offsets[i]:offsets[i+1]]`` of the layer
+    below (AND layers with the semiring's product, OR layers with its sum). The transposed CSR
+    lists, for each node ``j`` of the layer below, the nodes of this layer that read it:
+    ``parent[parent_offsets[j]:parent_offsets[j+1]]`` (ascending), which a backward pass walks
+    without atomics. All index tensors are int32.
+    """
+
+    kind: str  # "and" or "or"
+    child: torch.Tensor  # [E] position in the layer below, ascending within each node
+    offsets: torch.Tensor  # [n + 1]
+    parent_offsets: torch.Tensor  # [n_below + 1]
+    parent: torch.Tensor  # [E]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def num_edges(self) -> int:
+        return self.child.numel()
+
+    @classmethod
+    def build(cls, child: np.ndarray, lengths: np.ndarray, num_below: int, kind: str) -> Layer:
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        parent_of_edge = np.repeat(np.arange(lengths.size), lengths)
+        by_child = np.argsort(child, kind="stable")
+        parent_offsets = np.zeros(num_below + 1, dtype=np.int64)
+        np.cumsum(np.bincount(child, minlength=num_below), out=parent_offsets[1:])
+        as_int32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))  # noqa: E731
+        return cls(
+            kind=kind,
+            child=as_int32(child),
+            offsets=as_int32(offsets),
+            parent_offsets=as_int32(parent_offsets),
+            parent=as_int32(parent_of_edge[by_child]),
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "kind"}
+
+
+class CompiledCircuit:
+    """A circuit compiled to layers (see :meth:`trilay.engine.Circuit.compile`).
+
+    Layer 0 holds the inputs in a fixed order: false, true, ``+1..+V``, ``-1..-V``
+    (``2V + 2`` rows). Layers ``1..num_layers`` alternate AND (odd) and OR (even); the last
+    holds the roots in order. ``num_nodes``/``num_edges`` count every layer, layer 0 included.
+    """
+
+    def __init__(
+        self,
+        num_vars: int,
+        layers: list[Layer],
+        num_roots: int,
+        smooth: bool,
+        fixed: dict[int, bool],
+    ):
+        self.num_vars = num_vars
+        self.layers = layers
+        self.num_roots = num_roots
+        self.smooth = smooth
+        self.fixed = dict(fixed)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_nodes(self) -> int:
+        return 2 * self.num_vars + 2 + sum(layer.num_nodes for layer in self.layers)
+
+    @property
+    def num_edges(self) -> int:
+        return sum(layer.num_edges for layer in self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].child.device
+
+    def to(self, device: str | torch.device) -> CompiledCircuit:
+        """Move every index tensor to ``device`` (in place); returns ``self``."""
+        for layer in self.layers:
+            for name, tensor in layer.tensors().items():
+                setattr(layer, name, tensor.to(device))
+        return self
+
+    def module(self, semiring="real", *, backend: str = "auto"):
+        """A :class:`~trilay.engine.module.CircuitModule` evaluating this circuit in ``semiring``."""
+        from .module import CircuitModule
+
+        return CircuitModule(self, semiring, backend=backend)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the compiled circuit to one file (read it back with :meth:`load`)."""
+        torch.save(
+            {
+                "format": _FORMAT,
+                "num_vars": self.num_vars,
+                "num_roots": self.num_roots,
+                "smooth": self.smooth,
+                "fixed": sorted(self.fixed.items()),
+                "layers": [
+                    {"kind": layer.kind, **{k: t.cpu() for k, t in layer.tensors().items()}}
+                    for layer in self.layers
+                ],
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location=None) -> CompiledCircuit:
+        """Read a file written by :meth:`save`."""
+        try:
+            data = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # torch raises many types for a file that is not its own
+            raise ParseError(f"not a trilay compiled circuit ({err})", os.fspath(path)) from err
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ParseError(f"not a trilay compiled circuit (expected {_FORMAT})", os.fspath(path))
+        layers = [Layer(**layer) for layer in data["layers"]]
+        if not layers:
+            raise CircuitError(f"{os.fspath(path)}: a compiled circuit has at least one layer")
+        return cls(
+            num_vars=data["num_vars"],
+            layers=layers,
+            num_roots=data["num_roots"],
+            smooth=data["smooth"],
+            fixed=dict(data["fixed"]),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledCircuit(num_vars={self.num_vars}, num_roots={self.num_roots}, "
+            f"num_layers={self.num_layers}, num_nodes={self.num_nodes}, "
+            f"num_edges={self.num_edges}, smooth={self.smooth}, device={self.device})"
+        )

@@ -1,0 +1,125 @@
+"""The compiled circuit as a ``torch.nn.Module``: literal weights in, root values out."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trilay.kernels.reference import circuit_forward_torch
+
+from .compiled import CompiledCircuit, Layer
+from .errors import DeviceError, DTypeError, SemiringError, ShapeError
+from .semiring import Semiring, get_semiring
+
+#: Backends a module can run on. ``auto`` picks by the inputs' device.
+BACKENDS = ("auto", "torch")
+
+_EXACT_DTYPES = (torch.float32, torch.float64)
+_UPCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class CircuitModule(torch.nn.Module):
+    """Evaluate a compiled circuit in a semiring.
+
+    ``forward(pos, neg=None)`` takes literal weights ``pos: [..., V]`` (variable ``v`` true) and
+    optionally ``neg: [..., V]`` (``v`` false; by default the semiring's complement of ``pos``:
+    ``1 - pos``, or ``log(1 - exp(pos))`` in log space) and returns the roots' values
+    ``[..., num_roots]``. Leading dimensions are batch dimensions. Weights of variables the
+    circuit was compiled with as ``fixed`` are ignored.
+
+    Dtypes: float32 and float64 evaluate in their own precision; float16 and bfloat16 are
+    evaluated in float32 and the result is cast back. Anything else raises
+    :class:`~trilay.engine.errors.DTypeError`.
+
+    The index tensors are buffers, so ``.to(device)``, ``state_dict`` and ``torch.save`` work.
+    Values must be on the module's device (:class:`~trilay.engine.errors.DeviceError`).
+    """
+
+    def __init__(self, compiled: CompiledCircuit, semiring: str | Semiring = "real", *, backend: str = "auto"):
+        super().__init__()
+        self.semiring = get_semiring(semiring)
+        if self.semiring.needs_smoothing and not compiled.smooth:
+            raise SemiringError(
+                f"semiring {self.semiring.name!r} takes a max over models and needs a smoothed "
+                "circuit: compile with smooth=True"
+            )
+        if backend not in BACKENDS:
+            raise DeviceError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        self.backend = backend
+        self.num_vars = compiled.num_vars
+        self.num_roots = compiled.num_roots
+        self.layer_kinds = [layer.kind for layer in compiled.layers]
+        for k, layer in enumerate(compiled.layers):
+            for name, tensor in layer.tensors().items():
+                self.register_buffer(f"layer{k}_{name}", tensor)
+
+    def layer(self, k: int) -> Layer:
+        """Layer ``k`` (0-based over the reduction layers) as views of this module's buffers."""
+        return Layer(
+            kind=self.layer_kinds[k],
+            **{name: getattr(self, f"layer{k}_{name}") for name in ("child", "offsets", "parent_offsets", "parent")},
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.layer0_child.device
+
+    def forward(self, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
+        compute_dtype = self._check_inputs(pos, neg)
+        lead = pos.shape[:-1]
+        batch = math.prod(lead)
+        pos_t = pos.reshape(batch, self.num_vars).to(compute_dtype).t()
+        if neg is None:
+            neg_t = self.semiring.complement(pos_t)
+        else:
+            neg_t = neg.reshape(batch, self.num_vars).to(compute_dtype).t()
+        constants = torch.tensor(
+            [self.semiring.zero, self.semiring.one], dtype=compute_dtype, device=pos.device
+        ).unsqueeze(1).expand(2, batch)
+        inputs = torch.cat([constants, pos_t, neg_t], dim=0)  # [2V + 2, batch]
+        out = self._evaluate(inputs)  # [num_roots, batch]
+        return out.t().reshape(*lead, self.num_roots).to(pos.dtype)
+
+    def _evaluate(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run the layers on ``inputs: [2V + 2, batch]``; the seam where backends plug in."""
+        reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
+        layers = [
+            (layer.child, layer.offsets, reductions[layer.kind])
+            for layer in map(self.layer, range(len(self.layer_kinds)))
+        ]
+        return circuit_forward_torch(inputs, layers)
+
+    def _check_inputs(self, pos, neg) -> torch.dtype:
+        for name, x in (("pos", pos), ("neg", neg)):
+            if x is None:
+                continue
+            if not isinstance(x, torch.Tensor):
+                raise DTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            if x.dtype not in _EXACT_DTYPES + _UPCAST_DTYPES:
+                raise DTypeError(
+                    f"{name} has dtype {x.dtype}; trilay evaluates float32 and float64 "
+                    "(float16/bfloat16 in float32)"
+                )
+            if x.dim() == 0 or x.shape[-1] != self.num_vars:
+                raise ShapeError(
+                    f"{name} must have shape [..., {self.num_vars}] (one weight per variable), "
+                    f"got {list(x.shape)}"
+                )
+            if x.device != self.device:
+                raise DeviceError(
+                    f"{name} is on {x.device} but the circuit is on {self.device}; "
+                    "move one of them with .to()"
+                )
+        if neg is not None:
+            if neg.shape != pos.shape:
+                raise ShapeError(f"neg has shape {list(neg.shape)}, pos has {list(pos.shape)}")
+            if neg.dtype != pos.dtype:
+                raise DTypeError(f"neg has dtype {neg.dtype}, pos has {pos.dtype}")
+        return torch.float32 if pos.dtype in _UPCAST_DTYPES else pos.dtype
+
+    def extra_repr(self) -> str:
+        return (
+            f"semiring={self.semiring.name}, num_vars={self.num_vars}, num_roots={self.num_roots}, "
+            f"num_layers={len(self.layer_kinds)}, backend={self.backend}"
+        )

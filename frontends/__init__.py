@@ -1,0 +1,1 @@
+"""trilay.frontends: neurosymbolic front ends (DeepProbLog, semantic loss, fuzzy logic) on the engine."""

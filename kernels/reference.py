@@ -1,0 +1,85 @@
+"""The plain-PyTorch layer op: gather + segment reduce, differentiable by autograd.
+
+This is trilay's reference implementation (the oracle the Triton kernels are tested against),
+the engine's CPU path, and the "scatter" baseline of the benchmarks (what KLay does: one index
+and one segment reduction per layer).
+
+Layout: node values are ``[num_nodes, batch]`` (batch contiguous). A layer is a CSR over the
+previous layer: node ``i`` reduces the rows ``child[offsets[i]:offsets[i+1]]`` of the previous
+layer. ``offsets`` is ascending, starts at 0 and ends at ``len(child)``; compiled circuits have
+no empty segment, and an empty segment yields the reduction's identity here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .errors import SemiringError
+
+#: The segment reductions trilay evaluates.
+REDUCTIONS = ("sum", "prod", "logsumexp", "max", "min")
+
+
+def segment_reduce_torch(src: torch.Tensor, offsets: torch.Tensor, reduce: str) -> torch.Tensor:
+    """``out[i] = reduce(src[offsets[i]:offsets[i+1]])`` for ``src: [E, B]`` -> ``[n, B]``.
+
+    Exact gradients with zeros (``prod``: torch's segment product backward counts zeros) and
+    with ``-inf`` (``logsumexp`` of an all ``-inf`` segment is ``-inf`` with gradient 0, not
+    NaN). ``max``/``min`` split the gradient evenly between tied children.
+    """
+    if reduce == "logsumexp":
+        return _segment_logsumexp(src, offsets)
+    if reduce not in REDUCTIONS:
+        raise SemiringError(f"unknown reduction {reduce!r}; expected one of {REDUCTIONS}")
+    return torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
+
+
+def _segment_logsumexp(src: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    # Shift by the segment max (constant w.r.t. autograd: logsumexp's gradient does not depend
+    # on the shift). All -inf segments get shift 0 so that x - shift stays -inf, not NaN.
+    shift = torch.segment_reduce(src.detach(), "max", offsets=offsets, axis=0, unsafe=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    lengths = offsets[1:] - offsets[:-1]
+    shift_per_edge = shift.repeat_interleave(lengths, dim=0, output_size=src.shape[0])
+    total = torch.segment_reduce(
+        torch.exp(src - shift_per_edge), "sum", offsets=offsets, axis=0, unsafe=True
+    )
+    # log(0) has an infinite derivative; route empty mass through a constant -inf instead so
+    # the backward sees 0 * finite, never 0 * inf.
+    positive = total > 0
+    safe_total = torch.where(positive, total, torch.ones_like(total))
+    return torch.where(
+        positive, torch.log(safe_total) + shift, torch.full_like(total, float("-inf"))
+    )
+
+
+def layer_forward_torch(
+    values: torch.Tensor, child: torch.Tensor, offsets: torch.Tensor, reduce: str
+) -> torch.Tensor:
+    """One circuit layer: ``out[i] = reduce(values[child[offsets[i]:offsets[i+1]]])``.
+
+    Args:
+        values: ``[n_prev, B]`` the previous layer's node values.
+        child: ``[E]`` int32/int64 row of ``values`` each edge reads.
+        offsets: ``[n + 1]`` int32/int64 CSR offsets of each node's edges.
+        reduce: one of :data:`REDUCTIONS`.
+
+    Returns:
+        ``[n, B]`` in ``values.dtype``.
+    """
+    return segment_reduce_torch(values.index_select(0, child), offsets, reduce)
+
+
+def circuit_forward_torch(
+    inputs: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor, str]]
+) -> torch.Tensor:
+    """All layers in order: ``inputs: [n_0, B]`` -> the last layer's ``[n_L, B]``.
+
+    ``layers`` holds ``(child, offsets, reduce)`` per layer, each reading the layer before.
+    """
+    values = inputs
+    for child, offsets, reduce in layers:
+        values = layer_forward_torch(values, child, offsets, reduce)
+    return values

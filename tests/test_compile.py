@@ -1,0 +1,355 @@
+"""Every builder, compiled, against brute-force enumeration of models (values and gradients)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import brute_force, models_of_cnf, random_cnf, random_weights, shannon_circuit
+from pysdd.sdd import SddManager, Vtree
+
+from trilay.engine import Circuit
+from trilay.engine.errors import CircuitError
+
+# ----------------------------------------------------------------------------- writers
+# Independent writers of the formats the loaders read, from a Circuit's arrays.
+
+
+def write_c2d(circuit: Circuit, path) -> None:
+    kind, lit, start, children, roots = circuit.arrays()
+    (root,) = roots
+    lines = []
+    for node in range(root + 1):
+        kids = children[start[node] : start[node + 1]].tolist()
+        lines.append(
+            {
+                0: "O 0 0",
+                1: "A 0",
+                2: f"L {lit[node]}",
+                3: " ".join(map(str, ["A", len(kids), *kids])),
+                4: " ".join(map(str, ["O", 0, len(kids), *kids])),
+            }[int(kind[node])]
+        )
+    edges = int(start[root + 1])
+    path.write_text(f"nnf {root + 1} {edges} {circuit.num_vars}\n" + "\n".join(lines) + "\n")
+
+
+def write_d4(circuit: Circuit, path) -> None:
+    """d4 format, numbered so that parents come before children (the root is node 1)."""
+    kind, lit, start, children, roots = circuit.arrays()
+    (root,) = roots
+    d4_id = {}
+    decl, edges = [], []
+    true_id = None
+    for node in range(root, -1, -1):
+        if int(kind[node]) == 2:
+            continue
+        d4_id[node] = len(d4_id) + 1
+    for node in range(root, -1, -1):
+        if node not in d4_id:
+            continue
+        k = int(kind[node])
+        decl.append(f"{ {0: 'f', 1: 't', 3: 'a', 4: 'o'}[k]} {d4_id[node]} 0")
+        for c in children[start[node] : start[node + 1]].tolist():
+            if int(kind[c]) == 2:
+                if true_id is None:
+                    true_id = len(d4_id) + 1
+                    d4_id[-1] = true_id
+                edges.append(f"{d4_id[node]} {true_id} {lit[c]} 0")
+            else:
+                edges.append(f"{d4_id[node]} {d4_id[c]} 0")
+    if true_id is not None:
+        decl.append(f"t {true_id} 0")
+    path.write_text("\n".join(decl + edges) + "\n")
+
+
+# ----------------------------------------------------------------------------- builders
+def sdd_of(clauses, num_vars):
+    mgr = SddManager.from_vtree(Vtree(num_vars, list(range(1, num_vars + 1)), "balanced"))
+    node = mgr.true()
+    for clause in clauses:
+        c = mgr.false()
+        for lit in clause:
+            c = c | mgr.literal(lit)
+        node = node & c
+    return mgr, node
+
+
+def build(builder: str, clauses, num_vars, tmp_path) -> Circuit:
+    models = models_of_cnf(clauses, num_vars)
+    c = Circuit(num_vars)
+    if builder == "programmatic":
+        c.add_root(shannon_circuit(c, models, num_vars))
+    elif builder == "cnf_list":
+        c.add_cnf(clauses, num_vars=num_vars)
+    elif builder == "dimacs":
+        path = tmp_path / "f.cnf"
+        body = "\n".join(" ".join(map(str, cl)) + " 0" for cl in clauses)
+        path.write_text(f"c random\np cnf {num_vars} {len(clauses)}\n{body}\n")
+        c.add_cnf(path)
+    elif builder == "pysdd_node":
+        mgr, node = sdd_of(clauses, num_vars)
+        c.add_sdd(node)
+    elif builder == "sdd_file":
+        mgr, node = sdd_of(clauses, num_vars)
+        node.save(str(tmp_path / "f.sdd").encode())
+        mgr.vtree().save(str(tmp_path / "f.vtree").encode())
+        c.add_sdd_file(tmp_path / "f.sdd", tmp_path / "f.vtree")
+    elif builder in ("nnf_c2d", "nnf_d4"):
+        source = Circuit(num_vars)
+        source.add_root(shannon_circuit(source, models, num_vars))
+        path = tmp_path / "f.nnf"
+        (write_c2d if builder == "nnf_c2d" else write_d4)(source, path)
+        c.add_nnf_file(path)
+    else:
+        raise ValueError(builder)
+    return c
+
+
+BUILDERS = ["programmatic", "cnf_list", "dimacs", "pysdd_node", "sdd_file", "nnf_c2d", "nnf_d4"]
+
+
+def cnf_case(seed: int):
+    rng = random.Random(seed)
+    num_vars = rng.randint(3, 12)
+    num_clauses = rng.randint(1, int(num_vars * 1.5))
+    return random_cnf(num_vars, num_clauses, seed), num_vars
+
+
+def check_against_brute_force(module, models, pos, neg, semiring, explicit_neg: bool):
+    """Values and gradients of ``module`` against brute-force enumeration (real space oracle)."""
+    B = pos.shape[0]
+    cot = torch.rand(B, dtype=pos.dtype, generator=torch.Generator().manual_seed(0)) + 0.5
+    # Oracle: brute force in real space, autograd for dW/dpos and dW/dneg.
+    p = pos.clone().requires_grad_(True)
+    n = neg.clone().requires_grad_(True) if explicit_neg else 1 - p
+    w_true = brute_force(models, p, n, "real")
+    inputs = [p, n] if explicit_neg else [p]
+    grads_true = torch.autograd.grad((w_true * cot).sum(), inputs, allow_unused=True)
+
+    log = semiring == "log"
+    x = (pos.log() if log else pos).clone().requires_grad_(True)
+    y = None
+    if explicit_neg:
+        y = (neg.log() if log else neg).clone().requires_grad_(True)
+    out = module(x, y)[:, 0]
+    expected = w_true.detach().log() if log else w_true.detach()
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-12)
+
+    got = torch.autograd.grad((out * cot).sum(), [x] + ([y] if explicit_neg else []), allow_unused=True)
+    assert all(torch.isfinite(g).all() for g in got if g is not None), "NaN/inf in gradients"
+    for g_true, g, w in zip(grads_true, got, [pos, neg]):
+        g_true = torch.zeros_like(w) if g_true is None else g_true
+        if log:
+            # d log W / d log w = w * dW/dw / W, for rows where W > 0.
+            live = w_true.detach() > 0
+            g_true = (w * g_true / w_true.detach()[:, None])[live]
+            g = g[live]
+        torch.testing.assert_close(g, g_true, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("semiring", ["real", "log"])
+@pytest.mark.parametrize("explicit_neg", [False, True])
+def test_builders_match_brute_force(builder, seed, semiring, explicit_neg, tmp_path):
+    clauses, num_vars = cnf_case(seed)
+    models = models_of_cnf(clauses, num_vars)
+    module = build(builder, clauses, num_vars, tmp_path).compile().module(semiring)
+    pos = random_weights(6, num_vars, seed + 100)
+    if explicit_neg:
+        # Weights that do not sum to one: only a smoothed circuit counts them right.
+        neg = random_weights(6, num_vars, seed + 200)
+    else:
+        neg = 1 - pos
+        if semiring == "log":
+            # At p = 1 the log complement's derivative is infinite (documented); 0 is exact.
+            pos = torch.where(pos == 1, torch.full_like(pos, 0.75), pos)
+            neg = 1 - pos
+    check_against_brute_force(module, models, pos, neg, semiring, explicit_neg)
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_unsmoothed_is_exact_with_complement_weights(smooth, tmp_path):
+    clauses, num_vars = cnf_case(7)
+    models = models_of_cnf(clauses, num_vars)
+    module = build("pysdd_node", clauses, num_vars, tmp_path).compile(smooth=smooth).module("real")
+    pos = random_weights(5, num_vars, 3)
+    check_against_brute_force(module, models, pos, 1 - pos, "real", explicit_neg=False)
+
+
+@pytest.mark.parametrize("builder", ["programmatic", "pysdd_node", "nnf_d4"])
+@pytest.mark.parametrize("semiring", ["mpe", "mpe_log", "godel"])
+@pytest.mark.parametrize("seed", range(3))
+def test_max_semirings_match_brute_force(builder, semiring, seed, tmp_path):
+    clauses, num_vars = cnf_case(seed + 10)
+    models = models_of_cnf(clauses, num_vars)
+    module = build(builder, clauses, num_vars, tmp_path).compile().module(semiring)
+    pos = random_weights(8, num_vars, seed, extremes=False)
+    neg = random_weights(8, num_vars, seed + 1, extremes=False)
+    expected = brute_force(models, pos, neg, "mpe" if semiring == "mpe_log" else semiring)
+    if semiring == "mpe_log":
+        out = module(pos.log(), neg.log())[:, 0].exp()
+    else:
+        out = module(pos, neg)[:, 0]
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-12)
+    if semiring != "godel":
+        default = module(pos.log() if semiring == "mpe_log" else pos)[:, 0]
+        default = default.exp() if semiring == "mpe_log" else default
+        torch.testing.assert_close(default, brute_force(models, pos, 1 - pos, "mpe"), rtol=1e-9, atol=1e-12)
+
+
+def test_fixed_literals_condition_the_circuit(tmp_path):
+    clauses, num_vars = cnf_case(3)
+    models = models_of_cnf(clauses, num_vars)
+    circuit = build("cnf_list", clauses, num_vars, tmp_path)
+    fixed = {1: True, num_vars: False}
+    module = circuit.compile(fixed=fixed).module("real")
+    pos = random_weights(4, num_vars, 11, extremes=False)
+    neg = random_weights(4, num_vars, 12, extremes=False)
+    # Oracle: models agreeing with the fixed values; fixed variables contribute weight 1.
+    keep = models[:, 0] & ~models[:, num_vars - 1]
+    p, n = pos.clone(), neg.clone()
+    p[:, [0, num_vars - 1]] = 1.0
+    n[:, [0, num_vars - 1]] = 1.0
+    torch.testing.assert_close(module(pos, neg)[:, 0], brute_force(models[keep], p, n, "real"))
+
+
+def test_roots_keep_order_with_constants_literals_and_repeats():
+    c = Circuit(3)
+    x = c.disjoin([c.conjoin([c.literal(1), c.literal(2)]), c.conjoin([c.literal(-1), c.literal(3)])])
+    roots = [x, c.literal(-2), c.true(), x, c.false(), c.literal(3), x]
+    for r in roots:
+        c.add_root(r)
+    pos = random_weights(5, 3, 4)
+    neg = random_weights(5, 3, 5)
+    for smooth in (True, False):
+        out = c.compile(smooth=smooth).module("real")(pos, neg)
+        a = pos[:, 0] * pos[:, 1] + neg[:, 0] * pos[:, 2]
+        lit_neg2, lit3 = neg[:, 1], pos[:, 2]
+        if smooth:
+            # Smoothing counts every variable: unmentioned ones contribute (pos + neg).
+            s = pos + neg
+            a = (pos[:, 0] * pos[:, 1] * s[:, 2] + neg[:, 0] * pos[:, 2] * s[:, 1])
+            lit_neg2 = lit_neg2 * s[:, 0] * s[:, 2]
+            lit3 = lit3 * s[:, 0] * s[:, 1]
+            one = s.prod(-1)
+        else:
+            one = torch.ones(5, dtype=pos.dtype)
+        expected = torch.stack([a, lit_neg2, one, a, torch.zeros_like(a), lit3, a], dim=1)
+        torch.testing.assert_close(out, expected)
+
+
+def test_deduplication_merges_identical_roots(data_dir):
+    once = Circuit()
+    once.add_sdd_file(data_dir / "sudoku_4.sdd", data_dir / "sudoku_4.vtree")
+    twice = Circuit()
+    twice.add_sdd_file(data_dir / "sudoku_4.sdd", data_dir / "sudoku_4.vtree")
+    twice.add_sdd_file(data_dir / "sudoku_4.sdd", data_dir / "sudoku_4.vtree")
+    assert twice.num_nodes == 2 * once.num_nodes  # the loader made two separate copies
+    for smooth in (True, False):
+        a, b = once.compile(smooth=smooth), twice.compile(smooth=smooth)
+        assert b.num_layers == a.num_layers
+        assert a.num_nodes <= b.num_nodes <= a.num_nodes + 1
+        pos = random_weights(3, a.num_vars, 1)
+        out = b.module("real")(pos)
+        torch.testing.assert_close(out[:, 0], out[:, 1])
+        torch.testing.assert_close(out[:, :1], a.module("real")(pos))
+
+
+def test_deduplication_within_a_circuit():
+    c = Circuit(2)
+    # Two structurally equal sub-circuits built separately, children in different order.
+    s1 = c.conjoin([c.literal(1), c.literal(2)])
+    s2 = c.conjoin([c.literal(2), c.literal(1)])
+    c.add_root(c.disjoin([c.conjoin([s1, c.literal(-1)]), c.conjoin([c.literal(-1), s2])]))
+    compiled = c.compile(smooth=False)
+    # Layer 1 needs one AND for x1*x2, not two.
+    first = compiled.layers[0]
+    products = (first.offsets[1:] - first.offsets[:-1]) == 2
+    assert int(products.sum()) == 1
+
+
+def layer_invariants(compiled):
+    below = 2 * compiled.num_vars + 2
+    for k, layer in enumerate(compiled.layers, start=1):
+        assert layer.kind == ("and" if k % 2 else "or")
+        child = layer.child.long()
+        offsets = layer.offsets.long()
+        assert layer.child.dtype == layer.offsets.dtype == torch.int32
+        assert offsets[0] == 0 and offsets[-1] == child.numel()
+        assert bool((offsets[1:] > offsets[:-1]).all()), "a node without children"
+        assert bool(((child >= 0) & (child < below)).all()), "an edge skips a layer"
+        # The transposed CSR lists exactly the same edges.
+        parent_of_edge = torch.repeat_interleave(torch.arange(layer.num_nodes), offsets.diff())
+        pairs = sorted(zip(child.tolist(), parent_of_edge.tolist()))
+        p_off = layer.parent_offsets.long()
+        assert p_off.numel() == below + 1
+        transposed = [(j, int(p)) for j in range(below) for p in layer.parent[p_off[j] : p_off[j + 1]]]
+        assert transposed == pairs
+        below = layer.num_nodes
+    assert below == compiled.num_roots
+    assert compiled.num_nodes == 2 * compiled.num_vars + 2 + sum(x.num_nodes for x in compiled.layers)
+
+
+@pytest.mark.parametrize("name", ["sudoku_4", "4-grid", "road_r"])
+@pytest.mark.parametrize("smooth", [True, False])
+def test_layer_invariants_on_real_circuits(name, smooth, data_dir):
+    c = Circuit()
+    c.add_sdd_file(data_dir / f"{name}.sdd", data_dir / f"{name}.vtree")
+    c.add_sdd_file(data_dir / f"{name}.sdd", data_dir / f"{name}.vtree")
+    c.add_root(c.literal(1))
+    layer_invariants(c.compile(smooth=smooth))
+
+
+def test_layer_invariants_small():
+    for seed in range(5):
+        clauses, num_vars = cnf_case(seed)
+        c = Circuit(num_vars)
+        c.add_cnf(clauses)
+        c.add_root(c.true())
+        c.add_root(c.literal(-1))
+        layer_invariants(c.compile())
+
+
+def test_circuit_errors():
+    with pytest.raises(CircuitError, match="no roots"):
+        Circuit(2).compile()
+    c = Circuit(2)
+    with pytest.raises(CircuitError, match="declared variable count 2"):
+        c.literal(3)
+    with pytest.raises(CircuitError, match="non-zero"):
+        c.literal(0)
+    with pytest.raises(CircuitError, match="not a node"):
+        c.add_root(5)
+    with pytest.raises(CircuitError, match="not a node"):
+        c.conjoin([c.literal(1), 17])
+    c.add_root(c.literal(1))
+    with pytest.raises(CircuitError, match="fixed variable 9"):
+        c.compile(fixed={9: True})
+    with pytest.raises(CircuitError, match="exceeds"):
+        Circuit().add_cnf([[1, 5]], num_vars=3)
+
+
+def test_compiled_structure_is_numpy_free_of_python_loops_on_big_input():
+    """A wide random circuit compiles and evaluates like the naive per-node evaluator."""
+    from trilay.engine import evaluate_naive
+
+    rng = np.random.default_rng(0)
+    c = Circuit(30)
+    nodes = [c.literal(int(v)) for v in rng.choice(np.r_[-30:0, 1:31], 60)]
+    for i in range(400):
+        kids = rng.choice(len(nodes), size=int(rng.integers(1, 5)), replace=False).tolist()
+        make = c.conjoin if i % 2 else c.disjoin
+        nodes.append(make([nodes[k] for k in kids]))
+    for r in nodes[-10:]:
+        c.add_root(r)
+    pos = random_weights(4, 30, 2).requires_grad_(True)
+    out = c.compile(smooth=False).module("real")(pos)
+    ref = evaluate_naive(c, pos)
+    torch.testing.assert_close(out, ref)
+    g, = torch.autograd.grad(out.sum(), pos)
+    g_ref, = torch.autograd.grad(ref.sum(), pos)
+    torch.testing.assert_close(g, g_ref)

@@ -1,0 +1,158 @@
+"""The compiled circuit as a module: batch shapes, dtypes, persistence, and errors."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from conftest import DATA, brute_force, models_of_cnf, random_cnf, random_weights
+
+from trilay.engine import Circuit, CompiledCircuit
+from trilay.engine.errors import DeviceError, DTypeError, ParseError, SemiringError, ShapeError, TrilayError
+
+CLAUSES = random_cnf(6, 5, seed=3)
+MODELS = models_of_cnf(CLAUSES, 6)
+
+
+@pytest.fixture
+def compiled() -> CompiledCircuit:
+    c = Circuit(6)
+    c.add_cnf(CLAUSES)
+    c.add_root(c.literal(2))
+    return c.compile()
+
+
+def expected(pos, neg=None):
+    neg = 1 - pos if neg is None else neg
+    flat_p, flat_n = pos.reshape(-1, 6), neg.reshape(-1, 6)
+    first = brute_force(MODELS, flat_p, flat_n, "real")
+    second = brute_force(models_of_cnf([[2]], 6), flat_p, flat_n, "real")
+    return torch.stack([first, second], -1).reshape(*pos.shape[:-1], 2)
+
+
+def test_leading_batch_dimensions(compiled):
+    module = compiled.module("real")
+    pos = random_weights(12, 6, 0).reshape(2, 3, 2, 6)
+    out = module(pos)
+    assert out.shape == (2, 3, 2, 2)
+    torch.testing.assert_close(out, expected(pos))
+    single = module(pos[0, 0, 0])
+    assert single.shape == (2,)
+    torch.testing.assert_close(single, expected(pos[0, 0, 0:1])[0])
+
+
+def test_empty_batch(compiled):
+    out = compiled.module("log")(torch.zeros(0, 6))
+    assert out.shape == (0, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_evaluates_in_float32(compiled, dtype):
+    pos = random_weights(4, 6, 1, dtype=torch.float32)
+    out = compiled.module("real")(pos.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected(pos.double()).float(), rtol=1e-2, atol=1e-2)
+
+
+def test_float32_matches_float64(compiled):
+    pos = random_weights(4, 6, 2)
+    out32 = compiled.module("log")(pos.float().log())
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), expected(pos).log(), rtol=1e-5, atol=1e-6)
+
+
+def test_save_load_round_trip(compiled, tmp_path):
+    path = tmp_path / "c.trilay"
+    compiled.save(path)
+    loaded = CompiledCircuit.load(path)
+    pos = random_weights(5, 6, 3)
+    for semiring in ("real", "mpe", "godel"):
+        torch.testing.assert_close(loaded.module(semiring)(pos), compiled.module(semiring)(pos))
+    assert (loaded.num_nodes, loaded.num_edges, loaded.num_layers) == (
+        compiled.num_nodes,
+        compiled.num_edges,
+        compiled.num_layers,
+    )
+
+
+def test_module_state_dict_and_torch_save(compiled):
+    module = compiled.module("real")
+    names = set(module.state_dict())
+    assert {"layer0_child", "layer0_offsets", "layer0_parent_offsets", "layer0_parent"} <= names
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    pos = random_weights(3, 6, 4)
+    torch.testing.assert_close(restored(pos), module(pos))
+    other = compiled.module("real")
+    other.load_state_dict(module.state_dict())
+    torch.testing.assert_close(other(pos), module(pos))
+
+
+def test_to_device_moves_buffers(compiled):
+    module = compiled.module("real").to(torch.float64)  # dtype casts leave int buffers alone
+    assert module.layer0_child.dtype == torch.int32
+    meta = compiled.module("real").to("meta")
+    assert meta.device.type == "meta"
+
+
+def test_errors(compiled, tmp_path):
+    module = compiled.module("real")
+    with pytest.raises(ShapeError, match=r"\[\.\.\., 6\]"):
+        module(torch.rand(3, 5))
+    with pytest.raises(ShapeError):
+        module(torch.tensor(0.5))
+    with pytest.raises(DTypeError, match="torch.int64"):
+        module(torch.ones(2, 6, dtype=torch.int64))
+    with pytest.raises(DTypeError, match="torch.Tensor"):
+        module([[0.5] * 6])
+    with pytest.raises(ShapeError, match="neg has shape"):
+        module(torch.rand(2, 6), torch.rand(3, 6))
+    with pytest.raises(DTypeError, match="neg has dtype"):
+        module(torch.rand(2, 6), torch.rand(2, 6, dtype=torch.float64))
+    with pytest.raises(DeviceError, match="meta"):
+        module(torch.rand(2, 6, device="meta"))
+    with pytest.raises(SemiringError, match="unknown semiring 'tropical'"):
+        compiled.module("tropical")
+    with pytest.raises(DeviceError, match="unknown backend"):
+        compiled.module("real", backend="cuda-magic")
+    c = Circuit(6)
+    c.add_cnf(CLAUSES)
+    unsmoothed = c.compile(smooth=False)
+    for semiring in ("mpe", "mpe_log", "godel"):
+        with pytest.raises(SemiringError, match="smooth=True"):
+            unsmoothed.module(semiring)
+    bad = tmp_path / "bad.trilay"
+    bad.write_bytes(b"not a circuit")
+    with pytest.raises(ParseError, match="bad.trilay"):
+        CompiledCircuit.load(bad)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ParseError, match="not a trilay compiled circuit"):
+        CompiledCircuit.load(tmp_path / "other.pt")
+    # Every error is a TrilayError and the builtin it refines.
+    assert issubclass(ShapeError, TrilayError) and issubclass(ShapeError, ValueError)
+    assert issubclass(DTypeError, TypeError)
+
+
+def test_log_semiring_probability_zero_and_one_have_finite_exact_gradients():
+    """-inf log weights (probability 0) evaluate exactly, with gradients and no NaN."""
+    c = Circuit()
+    c.add_sdd_file(DATA / "sudoku_4.sdd", DATA / "sudoku_4.vtree")
+    module = c.compile().module("log")
+    p = random_weights(4, 64, 7)  # exact zeros and ones mixed in
+    x = p.log().requires_grad_(True)
+    y = (1 - p).log().requires_grad_(True)
+    out = module(x, y)
+    (gx, gy) = torch.autograd.grad(out.sum(), [x, y])
+    assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
+    # Oracle: real-space autograd; d log W / d log w = w * dW/dw / W.
+    pr = p.clone().requires_grad_(True)
+    nr = (1 - p).clone().requires_grad_(True)
+    w = c.compile().module("real")(pr, nr)
+    gp, gn = torch.autograd.grad(w.sum(), [pr, nr])
+    live = (w > 0).squeeze(-1)
+    torch.testing.assert_close(out[live], w[live].log())
+    torch.testing.assert_close(gx[live], (p * gp / w)[live])
+    torch.testing.assert_close(gy[live], ((1 - p) * gn / w)[live])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,6 +47,9 @@ VTREE_TYPES = ("right", "left", "vertical", "balanced", "random")
 
 _FORWARD = "undefined or forward reference (cycle?) to node"
 
+#: Literals beyond this are rejected (they would not fit the int64 arrays).
+_MAX_VAR = 2**62
+
 
 # ---------------------------------------------------------------------------- helpers
 def _path_str(path) -> str:
@@ -55,7 +59,10 @@ def _path_str(path) -> str:
 
 def _read_lines(path) -> list[str]:
     with open(os.fspath(path), "rb") as f:
-        data = f.read()
+        return _decode_lines(f.read())
+
+
+def _decode_lines(data: bytes) -> list[str]:
     # split on '\n' only (str.splitlines also splits on \x0b, \x1c, ... and would shift line
     # numbers); a trailing '\r' disappears in str.split().
     return data.decode("utf-8", "replace").split("\n")
@@ -77,7 +84,9 @@ def _is_int_token(t: str) -> bool:
     return True
 
 
-def _finish(kind: list[int], lit: list[int], counts: list[int], children: list[int], root: int) -> LocalDag:
+def _finish(
+    kind: list[int], lit: list[int], counts: list[int], children: list[int], root: int
+) -> LocalDag:
     child_start = np.zeros(len(counts) + 1, dtype=np.int64)
     if counts:
         np.cumsum(np.asarray(counts, dtype=np.int64), out=child_start[1:])
@@ -88,6 +97,127 @@ def _finish(kind: list[int], lit: list[int], counts: list[int], children: list[i
         np.asarray(children, dtype=np.int64),
         int(root),
     )
+
+
+_I64 = np.iinfo(np.int64)
+
+
+def _numeric_lines(data: bytes, letters: bytes, header_word: str | None, numeric: bool = False):
+    """Vectorized tokenizer for files made of one header line, ``c`` comment lines and node lines
+    ``<letter> <int>*`` (and, with ``numeric``, lines of integers only): the fast path of the SDD,
+    c2d and d4 readers.
+
+    Returns ``(letter per node line (uint8; 0 for an all-integer line), integers per node line,
+    offset of each node line's first integer, all integers flat, header tokens)``, or ``None``
+    whenever the file has anything
+    unusual (leading blanks, a non-integer, a second header, ...): the caller then runs its
+    line-by-line parser, which accepts any valid file and reports errors with line numbers.
+    """
+    if b"\r" in data:
+        data = data.replace(b"\r", b" ")
+    arr = np.frombuffer(data, dtype=np.uint8)
+    n = arr.size
+    if n == 0:
+        return None
+    nl = np.flatnonzero(arr == 10)
+    starts = np.concatenate(([0], nl + 1))
+    ends = np.concatenate((nl, [n]))
+    keep = starts < ends
+    if not keep.all():
+        starts, ends = starts[keep], ends[keep]
+    first = arr[starts]
+    table = np.zeros(256, dtype=bool)
+    table[list(letters)] = True
+    is_letter = table[first]
+    is_num = np.zeros_like(is_letter)
+    if numeric:
+        is_num = ((first >= ord("0")) & (first <= ord("9"))) | (first == ord("-"))
+    is_node = is_letter | is_num
+    is_comment = first == ord("c")
+    is_header = first == ord(header_word[0]) if header_word else np.zeros_like(is_node)
+    if not (is_node | is_comment | is_header).all() or int(is_header.sum()) != (
+        1 if header_word else 0
+    ):
+        return None
+    node_starts, node_ends = starts[is_node], ends[is_node]
+    if node_starts.size == 0:
+        return None
+    header = []
+    if header_word:
+        h = int(np.flatnonzero(is_header)[0])
+        if starts[h] > node_starts[0]:
+            return None
+        header = data[starts[h] : ends[h]].split()
+        if not header or header[0] != header_word.encode():
+            return None
+    # a letter must be followed by a blank
+    let_starts, let_ends = starts[is_letter], ends[is_letter]
+    if (let_ends - let_starts < 2).any():
+        return None
+    second = arr[let_starts + 1]
+    if not ((second == 32) | (second == 9)).all():
+        return None
+    buf = arr.copy()
+    for s, e in zip(starts[~is_node].tolist(), ends[~is_node].tolist(), strict=True):
+        buf[s:e] = 32
+    buf[let_starts] = 32
+    # blanks: every byte <= 32; a control character that is not whitespace makes fromstring
+    # stop early, which the count check below catches
+    solid = buf > 32
+    tok_start = np.flatnonzero(solid[1:] > solid[:-1]) + 1
+    if solid[0]:
+        tok_start = np.concatenate(([0], tok_start))
+    lo = np.searchsorted(tok_start, node_starts)
+    ntok = np.searchsorted(tok_start, node_ends) - lo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            ints = np.fromstring(buf.tobytes(), dtype=np.int64, sep=" ")
+        except (ValueError, DeprecationWarning, AttributeError):  # AttributeError: no fromstring
+            return None
+    if ints.size != tok_start.size or (
+        ints.size and ((ints == _I64.max) | (ints == _I64.min)).any()
+    ):
+        return None
+    letter = np.where(is_letter, first, 0)[is_node]
+    return letter, ntok, lo, ints, [t.decode("ascii", "replace") for t in header]
+
+
+def _index_of(ids: np.ndarray, refs: np.ndarray) -> np.ndarray | None:
+    """Position in ``ids`` of each of ``refs``; ``None`` if ``ids`` has a duplicate or a ref is
+    not in ``ids``."""
+    m = ids.size
+    positions = np.arange(m, dtype=np.int64)
+    if m == 0:
+        return None if refs.size else positions
+    lo_id, hi_id = int(ids.min()), int(ids.max())
+    if hi_id - lo_id < 4 * m + 1024:  # dense ids (as the tools write them): a lookup table
+        table = np.full(hi_id - lo_id + 1, -1, dtype=np.int64)
+        table[ids - lo_id] = positions
+        if (table[ids - lo_id] != positions).any():
+            return None
+        if refs.size and (int(refs.min()) < lo_id or int(refs.max()) > hi_id):
+            return None
+        found = table[refs - lo_id]
+        return None if (found < 0).any() else found
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if (sorted_ids[1:] == sorted_ids[:-1]).any():
+        return None
+    pos = np.searchsorted(sorted_ids, refs)
+    pos[pos == m] = 0
+    if (sorted_ids[pos] != refs).any():
+        return None
+    return order[pos]
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + l)`` for each start ``s`` and length ``l``."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
 
 
 # ---------------------------------------------------------------------------- vtree
@@ -106,14 +236,20 @@ def read_vtree_file(vtree_path) -> set[int]:
         t = toks[0]
         if t == "vtree":
             if header_line is not None:
-                raise ParseError(f"second 'vtree' header (first at line {header_line})", path, lineno)
+                raise ParseError(
+                    f"second 'vtree' header (first at line {header_line})", path, lineno
+                )
             if len(toks) != 2:
-                raise ParseError(f"the header is 'vtree <count>', got {line.strip()!r}", path, lineno)
+                raise ParseError(
+                    f"the header is 'vtree <count>', got {line.strip()!r}", path, lineno
+                )
             header_count = _ints(toks[1:], path, lineno)[0]
             header_line = lineno
             continue
         if t not in ("L", "I"):
-            raise ParseError(f"unknown vtree line type {t!r} (expected vtree, L, I or c)", path, lineno)
+            raise ParseError(
+                f"unknown vtree line type {t!r} (expected vtree, L, I or c)", path, lineno
+            )
         if header_line is None:
             raise ParseError("vtree node line before the 'vtree <count>' header", path, lineno)
         want = 3 if t == "L" else 4
@@ -133,7 +269,9 @@ def read_vtree_file(vtree_path) -> set[int]:
         else:
             for ref in nums[1:]:
                 if ref not in ids:
-                    raise ParseError(f"{_FORWARD.replace('node', 'vtree node')} {ref}", path, lineno)
+                    raise ParseError(
+                        f"{_FORWARD.replace('node', 'vtree node')} {ref}", path, lineno
+                    )
         ids.add(nums[0])
         count += 1
     if header_line is None:
@@ -141,7 +279,11 @@ def read_vtree_file(vtree_path) -> set[int]:
     if count == 0:
         raise ParseError("vtree file has no nodes", path, header_line)
     if count != header_count:
-        raise ParseError(f"header declares {header_count} vtree nodes but the file has {count}", path, header_line)
+        raise ParseError(
+            f"header declares {header_count} vtree nodes but the file has {count}",
+            path,
+            header_line,
+        )
     return variables
 
 
@@ -161,8 +303,78 @@ def read_sdd_file(sdd_path, vtree_path=None) -> tuple[LocalDag, int | None]:
     if vtree_path is not None:
         allowed = read_vtree_file(vtree_path)
         num_vars = max(allowed)
-    path = _path_str(sdd_path)
-    return _parse_sdd_lines(_read_lines(sdd_path), path, allowed), num_vars
+    return _parse_sdd(sdd_path, allowed), num_vars
+
+
+def _parse_sdd(sdd_path, allowed: set[int] | None) -> LocalDag:
+    with open(os.fspath(sdd_path), "rb") as f:
+        data = f.read()
+    dag = _parse_sdd_fast(data, allowed)
+    if dag is None:  # malformed or unusual: the line-by-line parser reports where
+        dag = _parse_sdd_lines(_decode_lines(data), _path_str(sdd_path), allowed)
+    return dag
+
+
+_SDD_KIND = np.zeros(256, dtype=np.int64)
+_SDD_KIND[[ord("F"), ord("T"), ord("L"), ord("D")]] = [FALSE, TRUE, LITERAL, OR]
+
+
+def _parse_sdd_fast(data: bytes, allowed: set[int] | None) -> LocalDag | None:
+    """Vectorized SDD parser for well-formed files; ``None`` when anything is off."""
+    tok = _numeric_lines(data, b"DLTF", "sdd")
+    if tok is None:
+        return None
+    letter, ntok, off, ints, header = tok
+    m = letter.size
+    if len(header) != 2 or not _is_int_token(header[1]) or int(header[1]) != m:
+        return None
+    is_d = letter == ord("D")
+    is_l = letter == ord("L")
+    want = np.where(is_l, 3, 1)
+    if ((ntok != want) & ~is_d).any() or (ntok[is_d] < 3).any():
+        return None
+    k = np.zeros(m, dtype=np.int64)
+    k[is_d] = ints[off[is_d] + 2]
+    if (k < 0).any() or (ntok[is_d] != 3 + 2 * k[is_d]).any():
+        return None
+    ids = ints[off]
+    lits = ints[off[is_l] + 2]
+    if ((lits == 0) | (np.abs(lits) >= _MAX_VAR)).any():
+        return None
+    if allowed is not None:
+        table = np.zeros(max(allowed) + 1, dtype=bool)
+        table[list(allowed)] = True
+        a = np.abs(lits)
+        if (a >= table.size).any() or not table[a].all():
+            return None
+    refs = ints[_ranges(off[is_d] + 3, 2 * k[is_d])]
+    def_line = _index_of(ids, refs)
+    if def_line is None:
+        return None
+    d_lines = np.flatnonzero(is_d)
+    if (def_line >= np.repeat(d_lines, 2 * k[is_d])).any():
+        return None
+    # local ids: a D line gives k ANDs then its OR; other lines one node
+    local_of_line = np.cumsum(k + 1) - 1
+    n = int(local_of_line[-1]) + 1
+    kind = np.full(n, AND, dtype=np.int64)
+    kind[local_of_line] = _SDD_KIND[letter]
+    lit = np.zeros(n, dtype=np.int64)
+    lit[local_of_line[is_l]] = lits
+    counts = np.zeros(n, dtype=np.int64)
+    and_ids = np.flatnonzero(kind == AND)
+    counts[and_ids] = 2
+    or_ids = local_of_line[is_d]
+    kd = k[is_d]
+    counts[or_ids] = kd
+    child_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=child_start[1:])
+    children = np.empty(int(child_start[-1]), dtype=np.int64)
+    elem_local = local_of_line[def_line]
+    children[child_start[and_ids]] = elem_local[0::2]
+    children[child_start[and_ids] + 1] = elem_local[1::2]
+    children[_ranges(child_start[or_ids], kd)] = _ranges(or_ids - kd, kd)
+    return kind, lit, child_start, children, int(local_of_line[-1])
 
 
 def _parse_sdd_lines(lines: list[str], path: str, allowed: set[int] | None) -> LocalDag:
@@ -188,12 +400,16 @@ def _parse_sdd_lines(lines: list[str], path: str, allowed: set[int] | None) -> L
                 nums = _ints(toks[1:], path, lineno)
             if len(nums) < 3:
                 raise ParseError(
-                    f"a D line is 'D <id> <vtree> <k> {{<prime> <sub>}}*', got {len(toks)} tokens", path, lineno
+                    f"a D line is 'D <id> <vtree> <k> {{<prime> <sub>}}*', got {len(toks)} tokens",
+                    path,
+                    lineno,
                 )
             k = nums[2]
             if k < 0 or len(nums) != 3 + 2 * k:
                 raise ParseError(
-                    f"a D line with {k} elements has {4 + 2 * k} tokens, got {len(toks)}", path, lineno
+                    f"a D line with {k} elements has {4 + 2 * k} tokens, got {len(toks)}",
+                    path,
+                    lineno,
                 )
             try:
                 elems = [idmap[x] for x in nums[3:]]
@@ -216,12 +432,18 @@ def _parse_sdd_lines(lines: list[str], path: str, allowed: set[int] | None) -> L
             if header_line is None:
                 raise ParseError("SDD node line before the 'sdd <count>' header", path, lineno)
             if len(toks) != 4:
-                raise ParseError(f"an L line is 'L <id> <vtree> <literal>', got {len(toks)} tokens", path, lineno)
+                raise ParseError(
+                    f"an L line is 'L <id> <vtree> <literal>', got {len(toks)} tokens", path, lineno
+                )
             nid, _, l = _ints(toks[1:], path, lineno)
-            if l == 0:
-                raise ParseError("literal 0 (literals are +v or -v, v >= 1)", path, lineno)
+            if l == 0 or abs(l) >= _MAX_VAR:
+                raise ParseError(
+                    f"literal {l} (literals are +v or -v, 1 <= v < 2^62)", path, lineno
+                )
             if allowed is not None and abs(l) not in allowed:
-                raise ParseError(f"literal {l}: variable {abs(l)} is not in the vtree", path, lineno)
+                raise ParseError(
+                    f"literal {l}: variable {abs(l)} is not in the vtree", path, lineno
+                )
             if nid in idmap:
                 raise ParseError(f"duplicate SDD node id {nid}", path, lineno)
             root = idmap[nid] = len(kind)
@@ -252,13 +474,17 @@ def _parse_sdd_lines(lines: list[str], path: str, allowed: set[int] | None) -> L
             header_count = _ints(toks[1:], path, lineno)[0]
             header_line = lineno
         else:
-            raise ParseError(f"unknown SDD line type {t!r} (expected sdd, F, T, L, D or c)", path, lineno)
+            raise ParseError(
+                f"unknown SDD line type {t!r} (expected sdd, F, T, L, D or c)", path, lineno
+            )
     if header_line is None:
         raise ParseError("empty SDD file (no 'sdd <count>' header)", path, None)
     if n_sdd == 0:
         raise ParseError("SDD file has no nodes", path, header_line)
     if n_sdd != header_count:
-        raise ParseError(f"header declares {header_count} SDD nodes but the file has {n_sdd}", path, header_line)
+        raise ParseError(
+            f"header declares {header_count} SDD nodes but the file has {n_sdd}", path, header_line
+        )
     return _finish(kind, lit, counts, children, root)
 
 
@@ -280,7 +506,7 @@ def sdd_node_arrays(node) -> LocalDag:
     os.close(fd)
     try:
         node.manager.save(os.fsencode(name), node)
-        return _parse_sdd_lines(_read_lines(name), name, None)
+        return _parse_sdd(name, None)
     finally:
         try:
             os.unlink(name)
@@ -302,15 +528,66 @@ def read_nnf_file(path) -> tuple[LocalDag, int | None]:
     (the first declared node if there is no node 1). Returns ``None`` as the variable count.
     """
     spath = _path_str(path)
-    lines = _read_lines(path)
-    for line in lines:
-        toks = line.split()
-        if not toks or toks[0][0] == "c":
+    with open(os.fspath(path), "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):  # the first line that is not blank or a comment tells the format
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end
+        toks = data[pos:end].split()
+        pos = end + 1
+        if not toks or toks[0][:1] == b"c":
             continue
-        if toks[0] == "nnf":
-            return _parse_c2d(lines, spath)
-        return _parse_d4(lines, spath), None
+        if toks[0] == b"nnf":
+            fast = _parse_c2d_fast(data)
+            return fast if fast is not None else _parse_c2d(_decode_lines(data), spath)
+        dag = _parse_d4_fast(data)
+        return (dag if dag is not None else _parse_d4(_decode_lines(data), spath)), None
     raise ParseError("empty NNF file (no nodes)", spath, None)
+
+
+def _parse_c2d_fast(data: bytes) -> tuple[LocalDag, int] | None:
+    """Vectorized c2d parser for well-formed files; ``None`` when anything is off."""
+    tok = _numeric_lines(data, b"LAO", "nnf")
+    if tok is None:
+        return None
+    letter, ntok, off, ints, header = tok
+    if len(header) != 4 or not all(_is_int_token(h) for h in header[1:]):
+        return None
+    n_nodes, n_edges, n_vars = (int(h) for h in header[1:])
+    m = letter.size
+    if m != n_nodes or min(n_edges, n_vars) < 0 or n_vars >= _MAX_VAR:
+        return None
+    is_l = letter == ord("L")
+    is_a = letter == ord("A")
+    is_o = letter == ord("O")
+    if (ntok[is_l] != 1).any() or (ntok[is_a] < 1).any() or (ntok[is_o] < 2).any():
+        return None
+    lits = ints[off[is_l]]
+    if ((lits == 0) | (np.abs(lits) > n_vars)).any():
+        return None
+    dec = ints[off[is_o]]
+    if ((dec < 0) | (dec > n_vars)).any():
+        return None
+    first_kid = off + np.where(is_o, 2, 1)
+    c = np.zeros(m, dtype=np.int64)
+    c[is_a] = ints[off[is_a]]
+    c[is_o] = ints[off[is_o] + 1]
+    if (c < 0).any() or (ntok[~is_l] != (first_kid - off + c)[~is_l]).any():
+        return None
+    if int(c.sum()) != n_edges:
+        return None
+    children = ints[_ranges(first_kid, c)]
+    if children.size and ((children < 0) | (children >= np.repeat(np.arange(m), c))).any():
+        return None
+    kind = np.full(m, LITERAL, dtype=np.int64)
+    kind[is_a] = np.where(c[is_a] > 0, AND, TRUE)
+    kind[is_o] = np.where(c[is_o] > 0, OR, FALSE)
+    lit = np.zeros(m, dtype=np.int64)
+    lit[is_l] = lits
+    child_start = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(c, out=child_start[1:])
+    return (kind, lit, child_start, children, m - 1), n_vars
 
 
 def _parse_c2d(lines: list[str], path: str) -> tuple[LocalDag, int]:
@@ -329,10 +606,16 @@ def _parse_c2d(lines: list[str], path: str) -> tuple[LocalDag, int]:
             if t[0] == "c":
                 continue
             if t != "nnf" or len(toks) != 4:
-                raise ParseError(f"the header is 'nnf <nodes> <edges> <vars>', got {line.strip()!r}", path, lineno)
+                raise ParseError(
+                    f"the header is 'nnf <nodes> <edges> <vars>', got {line.strip()!r}",
+                    path,
+                    lineno,
+                )
             n_nodes, n_edges, n_vars = _ints(toks[1:], path, lineno)
             if min(n_nodes, n_edges, n_vars) < 0:
                 raise ParseError("negative count in the 'nnf' header", path, lineno)
+            if n_vars >= _MAX_VAR:
+                raise ParseError(f"variable count {n_vars} is too large", path, lineno)
             header_line = lineno
             continue
         idx = len(kind)
@@ -340,10 +623,14 @@ def _parse_c2d(lines: list[str], path: str) -> tuple[LocalDag, int]:
             raise ParseError(f"more nodes than the header's {n_nodes}", path, lineno)
         if t == "L":
             if len(toks) != 2:
-                raise ParseError(f"an L line is 'L <literal>', got {len(toks)} tokens", path, lineno)
+                raise ParseError(
+                    f"an L line is 'L <literal>', got {len(toks)} tokens", path, lineno
+                )
             l = _ints(toks[1:], path, lineno)[0]
             if l == 0 or abs(l) > n_vars:
-                raise ParseError(f"literal {l} outside 1..{n_vars} (the header's variable count)", path, lineno)
+                raise ParseError(
+                    f"literal {l} outside 1..{n_vars} (the header's variable count)", path, lineno
+                )
             kind.append(LITERAL)
             lit.append(l)
             counts.append(0)
@@ -357,7 +644,9 @@ def _parse_c2d(lines: list[str], path: str) -> tuple[LocalDag, int]:
         elif t == "O":
             nums = _ints(toks[1:], path, lineno)
             if len(nums) < 2 or nums[1] < 0 or len(nums) != 2 + nums[1]:
-                raise ParseError("an O line is 'O <var> <c> <child>*c' with c children", path, lineno)
+                raise ParseError(
+                    "an O line is 'O <var> <c> <child>*c' with c children", path, lineno
+                )
             if not 0 <= nums[0] <= n_vars:
                 raise ParseError(f"decision variable {nums[0]} outside 0..{n_vars}", path, lineno)
             kids = nums[2:]
@@ -379,13 +668,129 @@ def _parse_c2d(lines: list[str], path: str) -> tuple[LocalDag, int]:
     if not kind:
         raise ParseError("NNF file has no nodes", path, header_line)
     if len(kind) != n_nodes:
-        raise ParseError(f"header declares {n_nodes} nodes but the file has {len(kind)}", path, header_line)
+        raise ParseError(
+            f"header declares {n_nodes} nodes but the file has {len(kind)}", path, header_line
+        )
     if len(children) != n_edges:
-        raise ParseError(f"header declares {n_edges} edges but the file has {len(children)}", path, header_line)
+        raise ParseError(
+            f"header declares {n_edges} edges but the file has {len(children)}", path, header_line
+        )
     return _finish(kind, lit, counts, children, len(kind) - 1), n_vars
 
 
 _D4_KINDS = {"o": OR, "a": AND, "t": TRUE, "f": FALSE}
+
+
+def _parse_d4_fast(data: bytes) -> LocalDag | None:
+    """Vectorized d4 parser (Kahn's topological sort, one numpy step per level) for well-formed
+    files; ``None`` when anything is off, including a cycle, or when the DAG is so deep that the
+    line-by-line parser is quicker."""
+    tok = _numeric_lines(data, b"oatf", None, numeric=True)
+    if tok is None:
+        return None
+    letter, ntok, off, ints, _ = tok
+    is_decl = letter != 0
+    m = letter.size
+    # every line ends with its only 0
+    last = ints[off + ntok - 1] if m else ints[:0]
+    if (ntok < 2).any() or (last != 0).any():
+        return None
+    zeros = np.bincount(np.repeat(np.arange(m), ntok)[ints == 0], minlength=m)
+    if ((zeros != 1) & ~is_decl).any() or (ntok[is_decl] != 2).any() or (ntok[~is_decl] < 3).any():
+        return None
+    d_off = off[is_decl]
+    n = d_off.size
+    if n == 0:
+        return None
+    decl_kind = _D4_KIND[letter[is_decl]]
+    e_off, e_ntok = off[~is_decl], ntok[~is_decl]
+    n_edges = e_off.size
+    ids = ints[d_off]
+    ends = _index_of(ids, np.concatenate((ints[e_off], ints[e_off + 1])))
+    if ends is None:
+        return None
+    parent, child = ends[:n_edges], ends[n_edges:]
+    if ((decl_kind[parent] == TRUE) | (decl_kind[parent] == FALSE)).any():
+        return None
+    n_lits = e_ntok - 3
+    lit_tok = ints[_ranges(e_off + 2, n_lits)]
+    if (np.abs(lit_tok) >= _MAX_VAR).any():
+        return None
+
+    # Kahn: a node is ready once all its children are
+    outdeg = np.bincount(parent, minlength=n)
+    by_child = np.argsort(child, kind="stable")
+    in_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(child, minlength=n), out=in_start[1:])
+    pending = outdeg.copy()
+    frontier = np.flatnonzero(pending == 0)
+    levels = []
+    done = 0
+    max_levels = max(1000, n // 50)
+    while frontier.size:
+        levels.append(frontier)
+        done += frontier.size
+        if len(levels) > max_levels:
+            return None
+        es = by_child[_ranges(in_start[frontier], in_start[frontier + 1] - in_start[frontier])]
+        if es.size == 0:
+            break
+        ps, cnt = np.unique(parent[es], return_counts=True)
+        pending[ps] -= cnt
+        frontier = ps[pending[ps] == 0]
+    if done != n:  # a cycle
+        return None
+    topo = np.concatenate(levels)
+
+    ulits = np.unique(lit_tok)
+    ulits = ulits[np.lexsort((ulits, np.abs(ulits)))]
+    n_lit = ulits.size
+    has_lit = n_lits > 0
+    nle = np.bincount(parent[has_lit], minlength=n)  # edges with literals, per node
+    local = np.empty(n, dtype=np.int64)
+    local[topo] = n_lit + np.cumsum(1 + nle[topo]) - 1
+    total = n_lit + n + int(has_lit.sum())
+    kind = np.full(total, AND, dtype=np.int64)
+    kind[:n_lit] = LITERAL
+    kind[local] = decl_kind
+    lit = np.zeros(total, dtype=np.int64)
+    lit[:n_lit] = ulits
+    # edges grouped by parent, file order within a parent
+    by_parent = np.argsort(parent, kind="stable")
+    out_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(outdeg, out=out_start[1:])
+    ps = parent[by_parent]
+    hl = has_lit[by_parent].astype(np.int64)
+    excl = np.cumsum(hl) - hl
+    rank = excl - excl[out_start[ps]]  # literal edges of the same parent before this one
+    edge_and = np.full(n_edges, -1, dtype=np.int64)
+    edge_and[by_parent] = np.where(hl > 0, local[ps] - nle[ps] + rank, -1)
+    counts = np.zeros(total, dtype=np.int64)
+    counts[local] = outdeg
+    lit_edges = np.flatnonzero(has_lit)
+    counts[edge_and[lit_edges]] = 1 + n_lits[lit_edges]
+    child_start = np.zeros(total + 1, dtype=np.int64)
+    np.cumsum(counts, out=child_start[1:])
+    children = np.empty(int(child_start[-1]), dtype=np.int64)
+    kid = np.where(has_lit, edge_and, local[child])
+    children[child_start[local[ps]] + np.arange(n_edges) - out_start[ps]] = kid[by_parent]
+    children[child_start[edge_and[lit_edges]]] = local[child[lit_edges]]
+    lit_edge_of_tok = np.repeat(np.arange(n_edges), n_lits)
+    tok_rank = np.arange(lit_tok.size) - np.repeat(np.cumsum(n_lits) - n_lits, n_lits)
+    children[child_start[edge_and[lit_edge_of_tok]] + 1 + tok_rank] = _lit_position(ulits, lit_tok)
+    root = _index_of(ids, np.array([1], dtype=np.int64))
+    root = 0 if root is None else int(root[0])
+    return kind, lit, child_start, children, int(local[root])
+
+
+def _lit_position(ulits: np.ndarray, lits: np.ndarray) -> np.ndarray:
+    """Position in ``ulits`` (distinct, any order) of each of ``lits``."""
+    order = np.argsort(ulits)
+    return order[np.searchsorted(ulits[order], lits)]
+
+
+_D4_KIND = np.zeros(256, dtype=np.int64)
+_D4_KIND[[ord("o"), ord("a"), ord("t"), ord("f")]] = [OR, AND, TRUE, FALSE]
 
 
 def _parse_d4(lines: list[str], path: str) -> LocalDag:
@@ -407,12 +812,16 @@ def _parse_d4(lines: list[str], path: str) -> LocalDag:
             if len(toks) != 3:
                 if len(toks) == 2:
                     raise ParseError(f"missing trailing 0 on the '{t}' line", path, lineno)
-                raise ParseError(f"a node line is '{t} <id> 0', got {len(toks)} tokens", path, lineno)
+                raise ParseError(
+                    f"a node line is '{t} <id> 0', got {len(toks)} tokens", path, lineno
+                )
             nid, zero = _ints(toks[1:], path, lineno)
             if zero != 0:
                 raise ParseError(f"a node line is '{t} <id> 0': missing trailing 0", path, lineno)
             if nid in index:
-                raise ParseError(f"duplicate node id {nid} (first at line {decl_line[index[nid]]})", path, lineno)
+                raise ParseError(
+                    f"duplicate node id {nid} (first at line {decl_line[index[nid]]})", path, lineno
+                )
             index[nid] = len(decl_kind)
             decl_kind.append(k)
             decl_id.append(nid)
@@ -434,6 +843,9 @@ def _parse_d4(lines: list[str], path: str) -> LocalDag:
             raise ParseError("an edge line is '<parent> <child> <literal>* 0'", path, lineno)
         if 0 in nums[:-1]:
             raise ParseError("0 before the end of the edge line", path, lineno)
+        big = [l for l in nums[2:-1] if abs(l) >= _MAX_VAR]
+        if big:
+            raise ParseError(f"literal {big[0]} is too large", path, lineno)
         e_parent.append(nums[0])
         e_child.append(nums[1])
         e_lits.append(nums[2:-1])
@@ -446,12 +858,16 @@ def _parse_d4(lines: list[str], path: str) -> LocalDag:
     for e in range(len(e_parent)):
         for end in (e_parent[e], e_child[e]):
             if end not in index:
-                raise ParseError(f"edge mentions node {end}, which is never declared", path, e_line[e])
+                raise ParseError(
+                    f"edge mentions node {end}, which is never declared", path, e_line[e]
+                )
         p = e_parent[e] = index[e_parent[e]]
         e_child[e] = index[e_child[e]]
         if decl_kind[p] in (TRUE, FALSE):
             raise ParseError(
-                f"edge out of the constant node {decl_id[p]} (declared at line {decl_line[p]})", path, e_line[e]
+                f"edge out of the constant node {decl_id[p]} (declared at line {decl_line[p]})",
+                path,
+                e_line[e],
             )
         out[p].append(e)
 
@@ -539,7 +955,9 @@ def read_dimacs(path) -> tuple[list[list[int]], int]:
             if header_line is not None:
                 raise ParseError(f"second 'p' header (first at line {header_line})", spath, lineno)
             if len(toks) != 4 or toks[1] != "cnf":
-                raise ParseError(f"the header is 'p cnf <vars> <clauses>', got {line.strip()!r}", spath, lineno)
+                raise ParseError(
+                    f"the header is 'p cnf <vars> <clauses>', got {line.strip()!r}", spath, lineno
+                )
             n_vars, n_clauses = _ints(toks[2:], spath, lineno)
             if n_vars < 0 or n_clauses < 0:
                 raise ParseError("negative count in the 'p cnf' header", spath, lineno)
@@ -558,19 +976,25 @@ def read_dimacs(path) -> tuple[list[list[int]], int]:
             elif -n_vars <= v <= n_vars:
                 cur.append(v)
             else:
-                raise ParseError(f"literal {v} beyond the header's {n_vars} variables", spath, lineno)
+                raise ParseError(
+                    f"literal {v} beyond the header's {n_vars} variables", spath, lineno
+                )
     if header_line is None:
         raise ParseError("missing 'p cnf <vars> <clauses>' header", spath, None)
     if cur:
         clauses.append(cur)
     if len(clauses) != n_clauses:
         raise ParseError(
-            f"header declares {n_clauses} clauses but the file has {len(clauses)}", spath, header_line
+            f"header declares {n_clauses} clauses but the file has {len(clauses)}",
+            spath,
+            header_line,
         )
     return clauses, n_vars
 
 
-def compile_cnf_with_pysdd(clauses: Sequence[Sequence[int]], num_vars: int, vtree: str = "balanced"):
+def compile_cnf_with_pysdd(
+    clauses: Sequence[Sequence[int]], num_vars: int, vtree: str = "balanced"
+):
     """Compile a CNF to an SDD with PySDD, conjoining the clauses one by one.
 
     The manager has automatic garbage collection and minimization off; it stays alive as long as
@@ -581,7 +1005,9 @@ def compile_cnf_with_pysdd(clauses: Sequence[Sequence[int]], num_vars: int, vtre
     if isinstance(vtree, bytes):
         vtree = vtree.decode()
     if vtree not in VTREE_TYPES:
-        raise CircuitError(f"unknown vtree type {vtree!r}; expected one of {', '.join(VTREE_TYPES)}")
+        raise CircuitError(
+            f"unknown vtree type {vtree!r}; expected one of {', '.join(VTREE_TYPES)}"
+        )
     if isinstance(num_vars, bool) or not isinstance(num_vars, (int, np.integer)) or num_vars < 0:
         raise CircuitError(f"num_vars must be a non-negative integer, got {num_vars!r}")
     num_vars = int(num_vars)
@@ -589,8 +1015,15 @@ def compile_cnf_with_pysdd(clauses: Sequence[Sequence[int]], num_vars: int, vtre
     for clause in clauses:
         row = []
         for l in clause:
-            if isinstance(l, bool) or not isinstance(l, (int, np.integer)) or l == 0 or abs(l) > num_vars:
-                raise CircuitError(f"CNF literal {l!r} is not a non-zero integer within +-{num_vars}")
+            if (
+                isinstance(l, bool)
+                or not isinstance(l, (int, np.integer))
+                or l == 0
+                or abs(l) > num_vars
+            ):
+                raise CircuitError(
+                    f"CNF literal {l!r} is not a non-zero integer within +-{num_vars}"
+                )
             row.append(int(l))
         checked.append(row)
     n = max(num_vars, 1)  # libsdd needs at least one variable

@@ -74,9 +74,10 @@ class CircuitModule(torch.nn.Module):
             neg_t = self.semiring.complement(pos_t)
         else:
             neg_t = neg.reshape(batch, self.num_vars).to(compute_dtype).t()
-        constants = torch.tensor(
-            [self.semiring.zero, self.semiring.one], dtype=compute_dtype, device=pos.device
-        ).unsqueeze(1).expand(2, batch)
+        # Filled in place from Python scalars: no host-to-device copy in the hot path.
+        constants = torch.empty(2, batch, dtype=compute_dtype, device=pos.device)
+        constants[0].fill_(self.semiring.zero)
+        constants[1].fill_(self.semiring.one)
         inputs = torch.cat([constants, pos_t, neg_t], dim=0)  # [2V + 2, batch]
         out = self._evaluate(inputs)  # [num_roots, batch]
         return out.t().reshape(*lead, self.num_roots).to(pos.dtype)

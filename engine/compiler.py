@@ -22,6 +22,7 @@ import numpy as np
 
 from .circuit import AND, FALSE, LITERAL, OR, TRUE, Circuit
 from .compiled import CompiledCircuit, Layer
+from ._segments import ranges as _ranges
 from .errors import CircuitError
 
 # Node ids of the compiled DAG: 0 = false, 1 = true, 2..V+1 = +v, V+2..2V+1 = -v. This is also
@@ -99,13 +100,6 @@ class _Dag:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, e)`` for each pair, vectorized."""
-    lengths = ends - starts
-    out_start = np.cumsum(lengths) - lengths
-    return np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(out_start - starts, lengths)
-
-
 def _heights(start: np.ndarray, children: np.ndarray, n: int) -> np.ndarray:
     """Longest path from a leaf, for every node (Kahn's algorithm, one numpy round per level).
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._segments import ranges
 from .circuit import AND, FALSE, LITERAL, OR, TRUE
 from .errors import CircuitError, ParseError
 
@@ -211,15 +212,6 @@ def _index_of(ids: np.ndarray, refs: np.ndarray) -> np.ndarray | None:
     return order[pos]
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + l)`` for each start ``s`` and length ``l``."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return np.arange(total, dtype=np.int64) + shift
-
-
 # ---------------------------------------------------------------------------- vtree
 def read_vtree_file(vtree_path) -> set[int]:
     """Parse a libsdd vtree file; returns the set of variables at its leaves."""
@@ -347,7 +339,7 @@ def _parse_sdd_fast(data: bytes, allowed: set[int] | None) -> LocalDag | None:
         a = np.abs(lits)
         if (a >= table.size).any() or not table[a].all():
             return None
-    refs = ints[_ranges(off[is_d] + 3, 2 * k[is_d])]
+    refs = ints[ranges(off[is_d] + 3, off[is_d] + 3 + 2 * k[is_d])]
     def_line = _index_of(ids, refs)
     if def_line is None:
         return None
@@ -373,7 +365,7 @@ def _parse_sdd_fast(data: bytes, allowed: set[int] | None) -> LocalDag | None:
     elem_local = local_of_line[def_line]
     children[child_start[and_ids]] = elem_local[0::2]
     children[child_start[and_ids] + 1] = elem_local[1::2]
-    children[_ranges(child_start[or_ids], kd)] = _ranges(or_ids - kd, kd)
+    children[ranges(child_start[or_ids], child_start[or_ids] + kd)] = ranges(or_ids - kd, or_ids)
     return kind, lit, child_start, children, int(local_of_line[-1])
 
 
@@ -577,7 +569,7 @@ def _parse_c2d_fast(data: bytes) -> tuple[LocalDag, int] | None:
         return None
     if int(c.sum()) != n_edges:
         return None
-    children = ints[_ranges(first_kid, c)]
+    children = ints[ranges(first_kid, first_kid + c)]
     if children.size and ((children < 0) | (children >= np.repeat(np.arange(m), c))).any():
         return None
     kind = np.full(m, LITERAL, dtype=np.int64)
@@ -713,7 +705,7 @@ def _parse_d4_fast(data: bytes) -> LocalDag | None:
     if ((decl_kind[parent] == TRUE) | (decl_kind[parent] == FALSE)).any():
         return None
     n_lits = e_ntok - 3
-    lit_tok = ints[_ranges(e_off + 2, n_lits)]
+    lit_tok = ints[ranges(e_off + 2, e_off + 2 + n_lits)]
     if (np.abs(lit_tok) >= _MAX_VAR).any():
         return None
 
@@ -732,7 +724,7 @@ def _parse_d4_fast(data: bytes) -> LocalDag | None:
         done += frontier.size
         if len(levels) > max_levels:
             return None
-        es = by_child[_ranges(in_start[frontier], in_start[frontier + 1] - in_start[frontier])]
+        es = by_child[ranges(in_start[frontier], in_start[frontier + 1])]
         if es.size == 0:
             break
         ps, cnt = np.unique(parent[es], return_counts=True)

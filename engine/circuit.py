@@ -128,7 +128,11 @@ class Circuit:
         return self.add_root(self._append_arrays(*arrays))
 
     def add_nnf_file(self, path: str | os.PathLike) -> int:
-        """Add a d-DNNF file in c2d (``nnf v e n`` header) or d4 format; returns the root index."""
+        """Add a d-DNNF file in c2d (``nnf v e n`` header) or d4 format; returns the root index.
+
+        c2d files declare their variable count. d4 files do not: there the count is the largest
+        literal seen, so declare ``Circuit(num_vars=...)`` when some variable may not occur.
+        """
         from .io import read_nnf_file
 
         arrays, num_vars = read_nnf_file(path)

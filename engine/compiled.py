@@ -19,16 +19,18 @@ class Layer:
 
     Node ``i`` of this layer reduces the rows ``child[offsets[i]:offsets[i+1]]`` of the layer
     below (AND layers with the semiring's product, OR layers with its sum). The transposed CSR
-    lists, for each node ``j`` of the layer below, the nodes of this layer that read it:
-    ``parent[parent_offsets[j]:parent_offsets[j+1]]`` (ascending), which a backward pass walks
-    without atomics. All index tensors are int32.
+    lists, for each node ``j`` of the layer below, the edges that read it,
+    ``parent_edge[parent_offsets[j]:parent_offsets[j+1]]`` (ascending), and the nodes of this
+    layer they belong to, ``parent[...]`` over the same range: a backward pass walks it without
+    atomics. All index tensors are int32.
     """
 
     kind: str  # "and" or "or"
     child: torch.Tensor  # [E] position in the layer below, ascending within each node
     offsets: torch.Tensor  # [n + 1]
     parent_offsets: torch.Tensor  # [n_below + 1]
-    parent: torch.Tensor  # [E]
+    parent: torch.Tensor  # [E] node of this layer, edges in child order
+    parent_edge: torch.Tensor  # [E] edge id, edges in child order
 
     @property
     def num_nodes(self) -> int:
@@ -53,10 +55,16 @@ class Layer:
             offsets=as_int32(offsets),
             parent_offsets=as_int32(parent_offsets),
             parent=as_int32(parent_of_edge[by_child]),
+            parent_edge=as_int32(by_child),
         )
 
+    @classmethod
+    def index_names(cls) -> list[str]:
+        """Names of the index tensors (every field but ``kind``)."""
+        return [f.name for f in fields(cls) if f.name != "kind"]
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "kind"}
+        return {name: getattr(self, name) for name in self.index_names()}
 
 
 class CompiledCircuit:

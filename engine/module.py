@@ -58,7 +58,7 @@ class CircuitModule(torch.nn.Module):
         """Layer ``k`` (0-based over the reduction layers) as views of this module's buffers."""
         return Layer(
             kind=self.layer_kinds[k],
-            **{name: getattr(self, f"layer{k}_{name}") for name in ("child", "offsets", "parent_offsets", "parent")},
+            **{name: getattr(self, f"layer{k}_{name}") for name in Layer.index_names()},
         )
 
     @property
@@ -86,7 +86,12 @@ class CircuitModule(torch.nn.Module):
         """Run the layers on ``inputs: [2V + 2, batch]``; the seam where backends plug in."""
         reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
         layers = [
-            (layer.child, layer.offsets, reductions[layer.kind])
+            (
+                layer.child,
+                layer.offsets,
+                reductions[layer.kind],
+                (layer.parent_edge, layer.parent_offsets),
+            )
             for layer in map(self.layer, range(len(self.layer_kinds)))
         ]
         return circuit_forward_torch(inputs, layers)

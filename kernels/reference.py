@@ -55,8 +55,48 @@ def _segment_logsumexp(src: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor
     )
 
 
+class _GatherRows(torch.autograd.Function):
+    """``values[child]`` whose backward is a segment sum over the transposed CSR.
+
+    ``d values[j] = sum(grad[e] for e in parent_edge[parent_offsets[j]:parent_offsets[j+1]])``:
+    deterministic and without the serialized scatter-add of ``index_select``'s backward, which
+    is slow for narrow rows (batch 1).
+    """
+
+    @staticmethod
+    def forward(ctx, values, child, parent_edge, parent_offsets):
+        ctx.save_for_backward(parent_edge, parent_offsets)
+        return values.index_select(0, child)
+
+    @staticmethod
+    def backward(ctx, grad):
+        parent_edge, parent_offsets = ctx.saved_tensors
+        by_child = grad.index_select(0, parent_edge)
+        return torch.segment_reduce(by_child, "sum", offsets=parent_offsets, axis=0, unsafe=True), None, None, None
+
+
+def gather_rows(
+    values: torch.Tensor,
+    child: torch.Tensor,
+    transpose: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``values[child]`` (``[n_prev, B]`` -> ``[E, B]``).
+
+    With ``transpose = (parent_edge, parent_offsets)``, the child-sorted edge ids and their CSR
+    offsets over ``values``' rows, the backward is a gather + segment sum instead of a
+    scatter-add.
+    """
+    if transpose is None:
+        return values.index_select(0, child)
+    return _GatherRows.apply(values, child, *transpose)
+
+
 def layer_forward_torch(
-    values: torch.Tensor, child: torch.Tensor, offsets: torch.Tensor, reduce: str
+    values: torch.Tensor,
+    child: torch.Tensor,
+    offsets: torch.Tensor,
+    reduce: str,
+    transpose: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One circuit layer: ``out[i] = reduce(values[child[offsets[i]:offsets[i+1]]])``.
 
@@ -65,21 +105,24 @@ def layer_forward_torch(
         child: ``[E]`` int32/int64 row of ``values`` each edge reads.
         offsets: ``[n + 1]`` int32/int64 CSR offsets of each node's edges.
         reduce: one of :data:`REDUCTIONS`.
+        transpose: optional ``(parent_edge, parent_offsets)``, see :func:`gather_rows`.
 
     Returns:
         ``[n, B]`` in ``values.dtype``.
     """
-    return segment_reduce_torch(values.index_select(0, child), offsets, reduce)
+    return segment_reduce_torch(gather_rows(values, child, transpose), offsets, reduce)
 
 
 def circuit_forward_torch(
-    inputs: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor, str]]
+    inputs: torch.Tensor,
+    layers: Sequence[tuple[torch.Tensor, torch.Tensor, str, tuple[torch.Tensor, torch.Tensor] | None]],
 ) -> torch.Tensor:
     """All layers in order: ``inputs: [n_0, B]`` -> the last layer's ``[n_L, B]``.
 
-    ``layers`` holds ``(child, offsets, reduce)`` per layer, each reading the layer before.
+    ``layers`` holds ``(child, offsets, reduce, transpose)`` per layer, each reading the layer
+    before (see :func:`layer_forward_torch`).
     """
     values = inputs
-    for child, offsets, reduce in layers:
-        values = layer_forward_torch(values, child, offsets, reduce)
+    for child, offsets, reduce, transpose in layers:
+        values = layer_forward_torch(values, child, offsets, reduce, transpose)
     return values

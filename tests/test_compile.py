@@ -289,6 +289,11 @@ def layer_invariants(compiled):
         assert p_off.numel() == below + 1
         transposed = [(j, int(p)) for j in range(below) for p in layer.parent[p_off[j] : p_off[j + 1]]]
         assert transposed == pairs
+        # parent_edge names the same edges: each one's child and parent agree.
+        edge = layer.parent_edge.long()
+        assert sorted(edge.tolist()) == list(range(child.numel()))
+        assert child[edge].tolist() == [j for j, _ in transposed]
+        assert parent_of_edge[edge].tolist() == [p for _, p in transposed]
         below = layer.num_nodes
     assert below == compiled.num_roots
     assert compiled.num_nodes == 2 * compiled.num_vars + 2 + sum(x.num_nodes for x in compiled.layers)

@@ -80,7 +80,7 @@ def test_save_load_round_trip(compiled, tmp_path):
 def test_module_state_dict_and_torch_save(compiled):
     module = compiled.module("real")
     names = set(module.state_dict())
-    assert {"layer0_child", "layer0_offsets", "layer0_parent_offsets", "layer0_parent"} <= names
+    assert {"layer0_child", "layer0_offsets", "layer0_parent_offsets", "layer0_parent", "layer0_parent_edge"} <= names
     buffer = io.BytesIO()
     torch.save(module, buffer)
     buffer.seek(0)

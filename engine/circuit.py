@@ -114,7 +114,9 @@ class Circuit:
 
         return self.add_root(self._append_arrays(*sdd_node_arrays(node)))
 
-    def add_sdd_file(self, sdd_path: str | os.PathLike, vtree_path: str | os.PathLike | None = None) -> int:
+    def add_sdd_file(
+        self, sdd_path: str | os.PathLike, vtree_path: str | os.PathLike | None = None
+    ) -> int:
         """Add an SDD text file (libsdd / PySDD format) as a new root; returns the root index.
 
         The vtree file, when given, declares the variable count (so variables the SDD does not
@@ -220,7 +222,12 @@ class Circuit:
         return node
 
     def _append_arrays(
-        self, kind: np.ndarray, lit: np.ndarray, child_start: np.ndarray, children: np.ndarray, root: int
+        self,
+        kind: np.ndarray,
+        lit: np.ndarray,
+        child_start: np.ndarray,
+        children: np.ndarray,
+        root: int,
     ) -> int:
         """Append a loader's local DAG (ids ``0..n-1``, children before parents); returns the
         circuit id of its local node ``root``."""

@@ -113,7 +113,7 @@ class CompiledCircuit:
         return self
 
     def module(self, semiring="real", *, backend: str = "auto"):
-        """A :class:`~trilay.engine.module.CircuitModule` evaluating this circuit in ``semiring``."""
+        """A :class:`~trilay.engine.module.CircuitModule` evaluating it in ``semiring``."""
         from .module import CircuitModule
 
         return CircuitModule(self, semiring, backend=backend)

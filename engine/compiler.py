@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._segments import ranges as _ranges
 from .circuit import AND, FALSE, LITERAL, OR, TRUE, Circuit
 from .compiled import CompiledCircuit, Layer
-from ._segments import ranges as _ranges
 from .errors import CircuitError
 
 # Node ids of the compiled DAG: 0 = false, 1 = true, 2..V+1 = +v, V+2..2V+1 = -v. This is also

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from trilay.kernels.reference import circuit_forward_torch
 
 from .compiled import CompiledCircuit, Layer
@@ -36,7 +35,9 @@ class CircuitModule(torch.nn.Module):
     Values must be on the module's device (:class:`~trilay.engine.errors.DeviceError`).
     """
 
-    def __init__(self, compiled: CompiledCircuit, semiring: str | Semiring = "real", *, backend: str = "auto"):
+    def __init__(
+        self, compiled: CompiledCircuit, semiring: str | Semiring = "real", *, backend: str = "auto"
+    ):
         super().__init__()
         self.semiring = get_semiring(semiring)
         if self.semiring.needs_smoothing and not compiled.smooth:

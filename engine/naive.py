@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from trilay.kernels.reference import segment_reduce_torch
 
 from .circuit import AND, FALSE, LITERAL, OR, TRUE, Circuit

@@ -1,1 +1,1 @@
-"""trilay.frontends: neurosymbolic front ends (DeepProbLog, semantic loss, fuzzy logic) on the engine."""
+"""trilay.frontends: neurosymbolic front ends on the engine (DeepProbLog, semantic loss, fuzzy)."""

@@ -72,7 +72,12 @@ class _GatherRows(torch.autograd.Function):
     def backward(ctx, grad):
         parent_edge, parent_offsets = ctx.saved_tensors
         by_child = grad.index_select(0, parent_edge)
-        return torch.segment_reduce(by_child, "sum", offsets=parent_offsets, axis=0, unsafe=True), None, None, None
+        return (
+            torch.segment_reduce(by_child, "sum", offsets=parent_offsets, axis=0, unsafe=True),
+            None,
+            None,
+            None,
+        )
 
 
 def gather_rows(
@@ -115,7 +120,9 @@ def layer_forward_torch(
 
 def circuit_forward_torch(
     inputs: torch.Tensor,
-    layers: Sequence[tuple[torch.Tensor, torch.Tensor, str, tuple[torch.Tensor, torch.Tensor] | None]],
+    layers: Sequence[
+        tuple[torch.Tensor, torch.Tensor, str, tuple[torch.Tensor, torch.Tensor] | None]
+    ],
 ) -> torch.Tensor:
     """All layers in order: ``inputs: [n_0, B]`` -> the last layer's ``[n_L, B]``.
 

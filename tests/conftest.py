@@ -26,9 +26,9 @@ def random_cnf(num_vars: int, num_clauses: int, seed: int, width: int = 3) -> li
 
 def all_assignments(num_vars: int) -> torch.Tensor:
     """``[2^V, V]`` bool, every assignment."""
-    return torch.tensor(list(itertools.product([False, True], repeat=num_vars)), dtype=torch.bool).reshape(
-        -1, num_vars
-    )
+    return torch.tensor(
+        list(itertools.product([False, True], repeat=num_vars)), dtype=torch.bool
+    ).reshape(-1, num_vars)
 
 
 def models_of_cnf(clauses, num_vars: int) -> torch.Tensor:
@@ -43,7 +43,9 @@ def models_of_cnf(clauses, num_vars: int) -> torch.Tensor:
     return x[ok]
 
 
-def brute_force(models: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, semiring: str) -> torch.Tensor:
+def brute_force(
+    models: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, semiring: str
+) -> torch.Tensor:
     """The semiring's value of the formula with these models: ``[B, V]`` weights -> ``[B]``.
 
     real: sum over models of the product of literal weights; log: the same in log space;
@@ -74,7 +76,7 @@ def shannon_circuit(circuit, models: torch.Tensor, num_vars: int) -> int:
 
     def build(prefix: tuple[bool, ...]) -> int:
         rest = num_vars - len(prefix)
-        sub = frozenset(a[len(prefix):] for a in table if a[: len(prefix)] == prefix)
+        sub = frozenset(a[len(prefix) :] for a in table if a[: len(prefix)] == prefix)
         key = (len(prefix), sub)
         if key in memo:
             return memo[key]
@@ -89,7 +91,10 @@ def shannon_circuit(circuit, models: torch.Tensor, num_vars: int) -> int:
                 node = hi  # the function does not depend on v here
             else:
                 node = circuit.disjoin(
-                    [circuit.conjoin([circuit.literal(v), hi]), circuit.conjoin([circuit.literal(-v), lo])]
+                    [
+                        circuit.conjoin([circuit.literal(v), hi]),
+                        circuit.conjoin([circuit.literal(-v), lo]),
+                    ]
                 )
         memo[key] = node
         return node
@@ -97,7 +102,9 @@ def shannon_circuit(circuit, models: torch.Tensor, num_vars: int) -> int:
     return build(())
 
 
-def random_weights(batch: int, num_vars: int, seed: int, dtype=torch.float64, extremes: bool = True):
+def random_weights(
+    batch: int, num_vars: int, seed: int, dtype=torch.float64, extremes: bool = True
+):
     """Probabilities in (0, 1), with exact 0s and 1s mixed in when ``extremes``."""
     g = torch.Generator().manual_seed(seed)
     p = torch.rand(batch, num_vars, generator=g, dtype=dtype)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import brute_force, models_of_cnf, random_cnf, random_weights, shannon_circuit
 from pysdd.sdd import SddManager, Vtree
-
 from trilay.engine import Circuit
 from trilay.engine.errors import CircuitError
 
@@ -51,7 +50,7 @@ def write_d4(circuit: Circuit, path) -> None:
         if node not in d4_id:
             continue
         k = int(kind[node])
-        decl.append(f"{ {0: 'f', 1: 't', 3: 'a', 4: 'o'}[k]} {d4_id[node]} 0")
+        decl.append(f"{ {0: 'f', 1: 't', 3: 'a', 4: 'o'}[k] } {d4_id[node]} 0")
         for c in children[start[node] : start[node + 1]].tolist():
             if int(kind[c]) == 2:
                 if true_id is None:
@@ -138,9 +137,11 @@ def check_against_brute_force(module, models, pos, neg, semiring, explicit_neg: 
     expected = w_true.detach().log() if log else w_true.detach()
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-12)
 
-    got = torch.autograd.grad((out * cot).sum(), [x] + ([y] if explicit_neg else []), allow_unused=True)
+    got = torch.autograd.grad(
+        (out * cot).sum(), [x] + ([y] if explicit_neg else []), allow_unused=True
+    )
     assert all(torch.isfinite(g).all() for g in got if g is not None), "NaN/inf in gradients"
-    for g_true, g, w in zip(grads_true, got, [pos, neg]):
+    for g_true, g, w in zip(grads_true, got, [pos, neg][: len(got)], strict=True):
         g_true = torch.zeros_like(w) if g_true is None else g_true
         if log:
             # d log W / d log w = w * dW/dw / W, for rows where W > 0.
@@ -198,7 +199,9 @@ def test_max_semirings_match_brute_force(builder, semiring, seed, tmp_path):
     if semiring != "godel":
         default = module(pos.log() if semiring == "mpe_log" else pos)[:, 0]
         default = default.exp() if semiring == "mpe_log" else default
-        torch.testing.assert_close(default, brute_force(models, pos, 1 - pos, "mpe"), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            default, brute_force(models, pos, 1 - pos, "mpe"), rtol=1e-9, atol=1e-12
+        )
 
 
 def test_fixed_literals_condition_the_circuit(tmp_path):
@@ -219,7 +222,9 @@ def test_fixed_literals_condition_the_circuit(tmp_path):
 
 def test_roots_keep_order_with_constants_literals_and_repeats():
     c = Circuit(3)
-    x = c.disjoin([c.conjoin([c.literal(1), c.literal(2)]), c.conjoin([c.literal(-1), c.literal(3)])])
+    x = c.disjoin(
+        [c.conjoin([c.literal(1), c.literal(2)]), c.conjoin([c.literal(-1), c.literal(3)])]
+    )
     roots = [x, c.literal(-2), c.true(), x, c.false(), c.literal(3), x]
     for r in roots:
         c.add_root(r)
@@ -232,7 +237,7 @@ def test_roots_keep_order_with_constants_literals_and_repeats():
         if smooth:
             # Smoothing counts every variable: unmentioned ones contribute (pos + neg).
             s = pos + neg
-            a = (pos[:, 0] * pos[:, 1] * s[:, 2] + neg[:, 0] * pos[:, 2] * s[:, 1])
+            a = pos[:, 0] * pos[:, 1] * s[:, 2] + neg[:, 0] * pos[:, 2] * s[:, 1]
             lit_neg2 = lit_neg2 * s[:, 0] * s[:, 2]
             lit3 = lit3 * s[:, 0] * s[:, 1]
             one = s.prod(-1)
@@ -284,10 +289,12 @@ def layer_invariants(compiled):
         assert bool(((child >= 0) & (child < below)).all()), "an edge skips a layer"
         # The transposed CSR lists exactly the same edges.
         parent_of_edge = torch.repeat_interleave(torch.arange(layer.num_nodes), offsets.diff())
-        pairs = sorted(zip(child.tolist(), parent_of_edge.tolist()))
+        pairs = sorted(zip(child.tolist(), parent_of_edge.tolist(), strict=True))
         p_off = layer.parent_offsets.long()
         assert p_off.numel() == below + 1
-        transposed = [(j, int(p)) for j in range(below) for p in layer.parent[p_off[j] : p_off[j + 1]]]
+        transposed = [
+            (j, int(p)) for j in range(below) for p in layer.parent[p_off[j] : p_off[j + 1]]
+        ]
         assert transposed == pairs
         # parent_edge names the same edges: each one's child and parent agree.
         edge = layer.parent_edge.long()
@@ -296,7 +303,9 @@ def layer_invariants(compiled):
         assert parent_of_edge[edge].tolist() == [p for _, p in transposed]
         below = layer.num_nodes
     assert below == compiled.num_roots
-    assert compiled.num_nodes == 2 * compiled.num_vars + 2 + sum(x.num_nodes for x in compiled.layers)
+    assert compiled.num_nodes == 2 * compiled.num_vars + 2 + sum(
+        x.num_nodes for x in compiled.layers
+    )
 
 
 @pytest.mark.parametrize("name", ["sudoku_4", "4-grid", "road_r"])
@@ -355,6 +364,6 @@ def test_compiled_structure_is_numpy_free_of_python_loops_on_big_input():
     out = c.compile(smooth=False).module("real")(pos)
     ref = evaluate_naive(c, pos)
     torch.testing.assert_close(out, ref)
-    g, = torch.autograd.grad(out.sum(), pos)
-    g_ref, = torch.autograd.grad(ref.sum(), pos)
+    (g,) = torch.autograd.grad(out.sum(), pos)
+    (g_ref,) = torch.autograd.grad(ref.sum(), pos)
     torch.testing.assert_close(g, g_ref)

@@ -8,9 +8,15 @@ import math
 import pytest
 import torch
 from conftest import DATA, brute_force, models_of_cnf, random_cnf, random_weights
-
 from trilay.engine import Circuit, CompiledCircuit
-from trilay.engine.errors import DeviceError, DTypeError, ParseError, SemiringError, ShapeError, TrilayError
+from trilay.engine.errors import (
+    DeviceError,
+    DTypeError,
+    ParseError,
+    SemiringError,
+    ShapeError,
+    TrilayError,
+)
 
 CLAUSES = random_cnf(6, 5, seed=3)
 MODELS = models_of_cnf(CLAUSES, 6)
@@ -80,7 +86,13 @@ def test_save_load_round_trip(compiled, tmp_path):
 def test_module_state_dict_and_torch_save(compiled):
     module = compiled.module("real")
     names = set(module.state_dict())
-    assert {"layer0_child", "layer0_offsets", "layer0_parent_offsets", "layer0_parent", "layer0_parent_edge"} <= names
+    assert {
+        "layer0_child",
+        "layer0_offsets",
+        "layer0_parent_offsets",
+        "layer0_parent",
+        "layer0_parent_edge",
+    } <= names
     buffer = io.BytesIO()
     torch.save(module, buffer)
     buffer.seek(0)
@@ -168,8 +180,12 @@ def test_log_semiring_probability_zero_and_one_have_finite_exact_gradients():
             continue
         checked += 1
         assert out[row].item() == pytest.approx(math.log(total), rel=1e-9)
-        d_pos = torch.tensor([wmc.literal_derivative(manager.literal(v)) for v in range(1, 65)], dtype=p.dtype)
-        d_neg = torch.tensor([wmc.literal_derivative(manager.literal(-v)) for v in range(1, 65)], dtype=p.dtype)
+        d_pos = torch.tensor(
+            [wmc.literal_derivative(manager.literal(v)) for v in range(1, 65)], dtype=p.dtype
+        )
+        d_neg = torch.tensor(
+            [wmc.literal_derivative(manager.literal(-v)) for v in range(1, 65)], dtype=p.dtype
+        )
         torch.testing.assert_close(gx[row], p[row] * d_pos / total)
         torch.testing.assert_close(gy[row], (1 - p[row]) * d_neg / total)
     assert checked >= 1

@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import DATA, random_weights
 from pysdd.sdd import SddManager, Vtree
-
 from trilay.engine import Circuit, evaluate_naive
 
 NAMES = ["sudoku_4", "4-grid", "road_r", "seq_fun"]
@@ -76,8 +75,12 @@ def test_gradients_equal_pysdd_literal_derivatives(name):
         wmc.set_literal_weight(manager.literal(-v), neg[0, v - 1].item())
     total = wmc.propagate()
     assert out.item() == pytest.approx(total, rel=1e-9)
-    expected_pos = torch.tensor([wmc.literal_derivative(manager.literal(v)) for v in range(1, V + 1)])
-    expected_neg = torch.tensor([wmc.literal_derivative(manager.literal(-v)) for v in range(1, V + 1)])
+    expected_pos = torch.tensor(
+        [wmc.literal_derivative(manager.literal(v)) for v in range(1, V + 1)]
+    )
+    expected_neg = torch.tensor(
+        [wmc.literal_derivative(manager.literal(-v)) for v in range(1, V + 1)]
+    )
     torch.testing.assert_close(g_pos[0], expected_pos.to(g_pos.dtype), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(g_neg[0], expected_neg.to(g_neg.dtype), rtol=1e-9, atol=1e-12)
 

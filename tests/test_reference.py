@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from trilay.kernels.errors import SemiringError
-from trilay.kernels.reference import REDUCTIONS, gather_rows, layer_forward_torch, segment_reduce_torch
+from trilay.kernels.reference import (
+    REDUCTIONS,
+    gather_rows,
+    layer_forward_torch,
+    segment_reduce_torch,
+)
 
 ORACLE = {
     "sum": lambda x: x.sum(0),
@@ -19,7 +23,12 @@ ORACLE = {
 
 def per_segment(src, offsets, reduce):
     """One torch call per segment: the obvious, slow definition."""
-    return torch.stack([ORACLE[reduce](src[a:b]) for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())])
+    return torch.stack(
+        [
+            ORACLE[reduce](src[a:b])
+            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+        ]
+    )
 
 
 def random_segments(lengths, batch, dtype, seed, special: bool):
@@ -58,7 +67,9 @@ def test_gradcheck_float64(reduce):
 
 
 def test_product_gradient_is_exact_with_zeros():
-    src = torch.tensor([[2.0], [3.0], [0.0], [4.0], [0.0], [0.0], [5.0]], dtype=torch.float64, requires_grad=True)
+    src = torch.tensor(
+        [[2.0], [3.0], [0.0], [4.0], [0.0], [0.0], [5.0]], dtype=torch.float64, requires_grad=True
+    )
     offsets = torch.tensor([0, 2, 4, 7])
     out = segment_reduce_torch(src, offsets, "prod")
     (grad,) = torch.autograd.grad(out.sum(), src)
@@ -68,7 +79,9 @@ def test_product_gradient_is_exact_with_zeros():
 
 def test_logsumexp_of_all_minus_inf_is_minus_inf_with_zero_gradient():
     inf = float("inf")
-    src = torch.tensor([[-inf, 0.0], [-inf, -inf], [-inf, 1.0]], dtype=torch.float64, requires_grad=True)
+    src = torch.tensor(
+        [[-inf, 0.0], [-inf, -inf], [-inf, 1.0]], dtype=torch.float64, requires_grad=True
+    )
     offsets = torch.tensor([0, 2, 3])
     out = segment_reduce_torch(src, offsets, "logsumexp")
     assert out[0].tolist() == [-inf, 0.0]
@@ -101,4 +114,6 @@ def test_gather_rows_transposed_backward_matches_index_select():
     (grad,) = torch.autograd.grad((out * cot).sum(), values)
     (expected,) = torch.autograd.grad((values.index_select(0, child) * cot).sum(), values)
     torch.testing.assert_close(grad, expected)
-    assert torch.autograd.gradcheck(lambda v: gather_rows(v, child, (parent_edge, parent_offsets)), (values,))
+    assert torch.autograd.gradcheck(
+        lambda v: gather_rows(v, child, (parent_edge, parent_offsets)), (values,)
+    )

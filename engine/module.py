@@ -11,8 +11,10 @@ from .compiled import CompiledCircuit, Layer
 from .errors import DeviceError, DTypeError, SemiringError, ShapeError
 from .semiring import Semiring, get_semiring
 
-#: Backends a module can run on. ``auto`` picks by the inputs' device.
-BACKENDS = ("auto", "torch")
+#: Backends a module can run on. ``auto``: the Triton kernels for CUDA tensors, the PyTorch
+#: path for CPU tensors. ``triton`` on CPU tensors runs the kernels in Triton's interpreter
+#: (``TRITON_INTERPRET=1`` set before triton is imported) and is refused otherwise.
+BACKENDS = ("auto", "torch", "triton")
 
 _EXACT_DTYPES = (torch.float32, torch.float64)
 _UPCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -83,9 +85,32 @@ class CircuitModule(torch.nn.Module):
         out = self._evaluate(inputs)  # [num_roots, batch]
         return out.t().reshape(*lead, self.num_roots).to(pos.dtype)
 
+    def backend_for(self, device: torch.device) -> str:
+        """The backend a forward on ``device`` uses (never a silent fallback)."""
+        if self.backend != "auto":
+            return self.backend
+        return "triton" if device.type == "cuda" else "torch"
+
     def _evaluate(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Run the layers on ``inputs: [2V + 2, batch]``; the seam where backends plug in."""
+        """Run the layers on ``inputs: [2V + 2, batch]`` with the chosen backend."""
         reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
+        if self.backend_for(inputs.device) == "triton":
+            try:
+                from trilay.kernels.layer import circuit_forward_triton
+            except ImportError as err:
+                raise DeviceError(f"the Triton backend cannot run: {err}") from err
+            layers = [
+                (
+                    layer.child,
+                    layer.offsets,
+                    layer.parent_edge,
+                    layer.parent,
+                    layer.parent_offsets,
+                    reductions[layer.kind],
+                )
+                for layer in map(self.layer, range(len(self.layer_kinds)))
+            ]
+            return circuit_forward_triton(inputs, layers)
         layers = [
             (
                 layer.child,

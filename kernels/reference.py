@@ -18,8 +18,19 @@ import torch
 
 from .errors import SemiringError
 
-#: The segment reductions trilay evaluates.
-REDUCTIONS = ("sum", "prod", "logsumexp", "max", "min")
+#: The segment reductions trilay evaluates. The last three are the fuzzy forms:
+#: ``lukasiewicz_and = max(0, sum - (n - 1))``, ``lukasiewicz_or = min(1, sum)``,
+#: ``prob_sum = 1 - prod(1 - x)``.
+REDUCTIONS = (
+    "sum",
+    "prod",
+    "logsumexp",
+    "max",
+    "min",
+    "lukasiewicz_and",
+    "lukasiewicz_or",
+    "prob_sum",
+)
 
 
 def segment_reduce_torch(src: torch.Tensor, offsets: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -31,21 +42,30 @@ def segment_reduce_torch(src: torch.Tensor, offsets: torch.Tensor, reduce: str) 
     """
     if reduce == "logsumexp":
         return _segment_logsumexp(src, offsets)
+    if reduce == "lukasiewicz_and":
+        fan_in = (offsets[1:] - offsets[:-1]).to(src.dtype).unsqueeze(1)
+        return torch.clamp(_segment(src, offsets, "sum") - (fan_in - 1), min=0)
+    if reduce == "lukasiewicz_or":
+        return torch.clamp(_segment(src, offsets, "sum"), max=1)
+    if reduce == "prob_sum":
+        return 1 - _segment(1 - src, offsets, "prod")
     if reduce not in REDUCTIONS:
         raise SemiringError(f"unknown reduction {reduce!r}; expected one of {REDUCTIONS}")
+    return _segment(src, offsets, reduce)
+
+
+def _segment(src: torch.Tensor, offsets: torch.Tensor, reduce: str) -> torch.Tensor:
     return torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
 
 
 def _segment_logsumexp(src: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     # Shift by the segment max (constant w.r.t. autograd: logsumexp's gradient does not depend
     # on the shift). All -inf segments get shift 0 so that x - shift stays -inf, not NaN.
-    shift = torch.segment_reduce(src.detach(), "max", offsets=offsets, axis=0, unsafe=True)
+    shift = _segment(src.detach(), offsets, "max")
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     lengths = offsets[1:] - offsets[:-1]
     shift_per_edge = shift.repeat_interleave(lengths, dim=0, output_size=src.shape[0])
-    total = torch.segment_reduce(
-        torch.exp(src - shift_per_edge), "sum", offsets=offsets, axis=0, unsafe=True
-    )
+    total = _segment(torch.exp(src - shift_per_edge), offsets, "sum")
     # log(0) has an infinite derivative; route empty mass through a constant -inf instead so
     # the backward sees 0 * finite, never 0 * inf.
     positive = total > 0
@@ -73,7 +93,7 @@ class _GatherRows(torch.autograd.Function):
         parent_edge, parent_offsets = ctx.saved_tensors
         by_child = grad.index_select(0, parent_edge)
         return (
-            torch.segment_reduce(by_child, "sum", offsets=parent_offsets, axis=0, unsafe=True),
+            _segment(by_child, parent_offsets, "sum"),
             None,
             None,
             None,

@@ -5,12 +5,20 @@ Nothing here uses trilay's compiler: the oracles enumerate assignments directly.
 
 from __future__ import annotations
 
-import itertools
+import os
+
+import torch
+
+# Triton kernels run on the CPU in Triton's interpreter; it must be chosen before triton is
+# imported. With a GPU the real kernels run.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import itertools  # noqa: E402
 import pathlib
 import random
 
-import pytest
-import torch
+import pytest  # noqa: E402
 
 DATA = pathlib.Path(__file__).parent / "data"
 

@@ -18,6 +18,9 @@ ORACLE = {
     "logsumexp": lambda x: torch.logsumexp(x, 0),
     "max": lambda x: x.amax(0),
     "min": lambda x: x.amin(0),
+    "lukasiewicz_and": lambda x: torch.clamp(x.sum(0) - (x.shape[0] - 1), min=0),
+    "lukasiewicz_or": lambda x: torch.clamp(x.sum(0), max=1),
+    "prob_sum": lambda x: 1 - (1 - x).prod(0),
 }
 
 

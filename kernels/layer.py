@@ -1,0 +1,364 @@
+"""Fused Triton layer op: gather + segment reduce in one pass, with a hand-written backward.
+
+Layout as in :mod:`trilay.kernels.reference`: node values ``[num_nodes, batch]`` with batch
+contiguous, a layer a CSR over the layer below. A forward program owns a tile of
+``BLOCK_N`` output nodes x ``BLOCK_B`` batch columns, walks the nodes' edges, gathers each
+child row (one coalesced load per child) and reduces in registers: no edge-sized tensor and no
+atomics. The backward walks the transposed CSR (child -> parent edges) the same way, so it too
+is atomic-free and deterministic.
+
+Reductions: ``sum``, ``prod``, ``logsumexp`` (online, one ``exp`` per edge), ``max``, ``min``,
+and the fuzzy forms ``lukasiewicz_and`` (``max(0, sum - (n - 1))``), ``lukasiewicz_or``
+(``min(1, sum)``) and ``prob_sum`` (``1 - prod(1 - x)``).
+
+Dtypes: float32 and float64 compute in their own precision (the engine evaluates float16 and
+bfloat16 in float32). On CPU tensors the kernels run only under Triton's interpreter
+(``TRITON_INTERPRET=1`` set before ``import triton``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .errors import DeviceError, SemiringError
+
+#: Reductions the Triton kernels implement, and their codes inside the kernels.
+TRITON_REDUCTIONS = {
+    "sum": 0,
+    "prod": 1,
+    "logsumexp": 2,
+    "max": 3,
+    "min": 4,
+    "lukasiewicz_and": 5,
+    "lukasiewicz_or": 6,
+    "prob_sum": 7,
+}
+_SUM, _PROD, _LSE, _MAX, _MIN, _LUK_AND, _LUK_OR, _PROB_SUM = range(8)
+_NEEDS_AUX = (_PROD, _LUK_AND, _LUK_OR, _PROB_SUM)
+_NEEDS_ARG = (_PROD, _MAX, _MIN, _PROB_SUM)
+
+
+@triton.jit
+def _layer_fwd_kernel(
+    values_ptr,  # [n_below, batch] the layer below
+    child_ptr,  # [E] int32 row of values each edge reads
+    offsets_ptr,  # [n + 1] int32 CSR offsets of each node's edges
+    out_ptr,  # [n, batch]
+    aux_ptr,  # [n, batch] what the backward needs beyond out (see _layer_bwd_kernel)
+    arg_ptr,  # [n, batch] int32: edge of the max/min; zero factors of prod/prob_sum
+    n,
+    batch,
+    REDUCE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    nodes = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    node_mask = nodes < n
+    col_mask = cols < batch
+    start = tl.load(offsets_ptr + nodes, mask=node_mask, other=0)
+    length = tl.load(offsets_ptr + nodes + 1, mask=node_mask, other=0) - start
+    tile_mask = node_mask[:, None] & col_mask[None, :]
+    dtype = values_ptr.dtype.element_ty
+
+    if REDUCE == 0 or REDUCE == 5 or REDUCE == 6:
+        neutral = 0.0
+    elif REDUCE == 1:
+        neutral = 1.0
+    elif REDUCE == 7:
+        neutral = 0.0  # 1 - x = 1, the neutral factor of the product of (1 - x)
+    elif REDUCE == 4:
+        neutral = float("inf")
+    else:
+        neutral = float("-inf")
+    acc = tl.full((BLOCK_N, BLOCK_B), neutral, dtype)
+    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)  # prod / prob_sum: zero factors seen
+    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)  # their product of non-zero factors
+    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)  # logsumexp: sum of exp(x - acc)
+    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
+
+    for j in range(0, tl.max(length, axis=0)):
+        edge_mask = node_mask & (j < length)
+        edge = start + j
+        child = tl.load(child_ptr + edge, mask=edge_mask, other=0).to(tl.int64)
+        mask = edge_mask[:, None] & col_mask[None, :]
+        x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=mask, other=neutral)
+        if REDUCE == 0 or REDUCE == 5 or REDUCE == 6:
+            acc += x
+        elif REDUCE == 1 or REDUCE == 7:
+            factor = x
+            if REDUCE == 7:
+                factor = 1.0 - x
+            is_zero = factor == 0.0
+            zeros += is_zero.to(tl.int32)
+            nonzero *= tl.where(is_zero, 1.0, factor)
+        elif REDUCE == 2:
+            # Online logsumexp with one exp per edge: exp(-|x - m|) rescales either the running
+            # total (new max) or the new term. -inf terms add nothing.
+            t = tl.exp(-tl.abs(x - acc))
+            t = tl.where(x == float("-inf"), 0.0, t)
+            total = tl.where(x > acc, total * t + 1.0, total + t)
+            acc = tl.maximum(acc, x)
+        elif REDUCE == 3:
+            better = x > acc
+            arg = tl.where(better, edge[:, None], arg)
+            acc = tl.where(better, x, acc)
+        else:
+            better = x < acc
+            arg = tl.where(better, edge[:, None], arg)
+            acc = tl.where(better, x, acc)
+
+    aux = acc
+    if REDUCE == 1 or REDUCE == 7:
+        # The backward needs the product of the non-zero factors and how many are zero; it
+        # does not divide out[p] (for prob_sum, 1 - out[p] would lose the small products).
+        aux = nonzero
+        arg = zeros
+        acc = tl.where(zeros > 0, 0.0, nonzero)
+        if REDUCE == 7:
+            acc = 1.0 - acc
+    elif REDUCE == 2:
+        acc = acc + tl.log(total)  # all -inf: -inf + log(0) = -inf
+    elif REDUCE == 5:
+        aux = acc - (length[:, None] - 1).to(dtype)
+        acc = tl.maximum(aux, 0.0)
+    elif REDUCE == 6:
+        aux = acc
+        acc = tl.minimum(acc, 1.0)
+
+    where = nodes[:, None].to(tl.int64) * batch + cols[None, :]
+    tl.store(out_ptr + where, acc, mask=tile_mask)
+    if REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7:
+        tl.store(aux_ptr + where, aux, mask=tile_mask)
+    if REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7:
+        tl.store(arg_ptr + where, arg, mask=tile_mask)
+
+
+# d out[p] / d x[c] for an edge p -> c, by reduction (o = out[p], x = x[c]):
+#   sum: 1              prod: with a[p] the product of the non-zero children and z[p] their
+#                       zero count: a / x if x != 0 and z = 0; a if x = 0 and z = 1; else 0
+#                       (never a division by zero)
+#   logsumexp: exp(x - o) (0 when o = -inf)     max/min: 1 on the arg edge only (ties: the
+#                       first child in CSR order takes the whole gradient)
+#   lukasiewicz_and: 1 if aux[p] = sum - (n - 1) >= 0     lukasiewicz_or: 1 if aux[p] = sum <= 1
+#   prob_sum: the product of the others' (1 - x): the prod rule on 1 - x
+# grad_in[c] = sum over the parent edges of c of grad_out[p] * d out[p] / d x[c].
+@triton.jit
+def _layer_bwd_kernel(
+    grad_out_ptr,  # [n, batch]
+    out_ptr,  # [n, batch] forward output
+    aux_ptr,  # [n, batch] forward aux
+    arg_ptr,  # [n, batch] int32 forward arg edge / zero count
+    values_ptr,  # [n_below, batch] forward input
+    parent_edge_ptr,  # [E] int32 edge ids in child order
+    parent_ptr,  # [E] int32 parent node of each, same order
+    parent_offsets_ptr,  # [n_below + 1] int32
+    grad_in_ptr,  # [n_below, batch]
+    n_below,
+    batch,
+    REDUCE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < n_below
+    col_mask = cols < batch
+    tile_mask = row_mask[:, None] & col_mask[None, :]
+    start = tl.load(parent_offsets_ptr + rows, mask=row_mask, other=0)
+    count = tl.load(parent_offsets_ptr + rows + 1, mask=row_mask, other=0) - start
+    where = rows[:, None].to(tl.int64) * batch + cols[None, :]
+    x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
+    if REDUCE == 7:
+        x = 1.0 - x
+    acc = tl.zeros((BLOCK_N, BLOCK_B), values_ptr.dtype.element_ty)
+
+    for j in range(0, tl.max(count, axis=0)):
+        edge_mask = row_mask & (j < count)
+        mask = edge_mask[:, None] & col_mask[None, :]
+        idx = start + j
+        parent = tl.load(parent_ptr + idx, mask=edge_mask, other=0).to(tl.int64)
+        at = parent[:, None] * batch + cols[None, :]
+        g = tl.load(grad_out_ptr + at, mask=mask, other=0.0)
+        if REDUCE == 0:
+            d = g
+        elif REDUCE == 1 or REDUCE == 7:
+            a = tl.load(aux_ptr + at, mask=mask, other=0.0)
+            z = tl.load(arg_ptr + at, mask=mask, other=2)
+            nonzero_x = x != 0.0
+            others = tl.where(nonzero_x, a / tl.where(nonzero_x, x, 1.0), a)
+            d = tl.where(z == (1 - nonzero_x.to(tl.int32)), g * others, 0.0)
+        elif REDUCE == 2:
+            o = tl.load(out_ptr + at, mask=mask, other=float("-inf"))
+            d = tl.where(o == float("-inf"), 0.0, g * tl.exp(x - o))
+        elif REDUCE == 3 or REDUCE == 4:
+            edge = tl.load(parent_edge_ptr + idx, mask=edge_mask, other=-1)
+            a = tl.load(arg_ptr + at, mask=mask, other=-2)
+            d = tl.where(a == edge[:, None], g, 0.0)
+        elif REDUCE == 5:
+            a = tl.load(aux_ptr + at, mask=mask, other=-1.0)
+            d = tl.where(a >= 0.0, g, 0.0)
+        else:
+            a = tl.load(aux_ptr + at, mask=mask, other=2.0)
+            d = tl.where(a <= 1.0, g, 0.0)
+        acc += tl.where(mask, d, 0.0)
+
+    tl.store(grad_in_ptr + where, acc, mask=tile_mask)
+
+
+#: Tests set this to allocate outputs filled with NaN, so an output a kernel leaves unwritten
+#: fails loudly.
+DEBUG_FILL_NAN = False
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if DEBUG_FILL_NAN:
+        fill = float("nan") if dtype.is_floating_point else -(2**31)
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _tiles(batch: int) -> tuple[int, int]:
+    """``(BLOCK_N, BLOCK_B)``: batch columns up to 128, at least 128 elements per tile.
+
+    Triton 3.6 fails to compile tiles with fewer elements than threads (4 warps = 128).
+    """
+    block_b = min(128, triton.next_power_of_2(max(batch, 1)))
+    return max(4, 128 // block_b), block_b
+
+
+def _check_device(t: torch.Tensor) -> None:
+    if t.device.type == "cpu" and not _interpreting():
+        raise DeviceError(
+            "the Triton kernels run on CUDA tensors, or on CPU under TRITON_INTERPRET=1 "
+            "(set before importing triton); use backend='torch' on the CPU"
+        )
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _code(reduce: str) -> int:
+    try:
+        return TRITON_REDUCTIONS[reduce]
+    except KeyError:
+        raise SemiringError(
+            f"unknown reduction {reduce!r}; expected one of {sorted(TRITON_REDUCTIONS)}"
+        ) from None
+
+
+def layer_fwd(values: torch.Tensor, child: torch.Tensor, offsets: torch.Tensor, reduce: str):
+    """Launch the forward kernel: ``(out, aux, arg)``, ``out: [n, B]``; ``aux``/``arg`` are what
+    the backward needs (``None`` where the reduction needs none)."""
+    code = _code(reduce)
+    _check_device(values)
+    values = values.contiguous()
+    n, batch = offsets.numel() - 1, values.shape[1]
+    out = _empty(n, batch, dtype=values.dtype, device=values.device)
+    aux = _empty(n, batch, dtype=values.dtype, device=values.device) if code in _NEEDS_AUX else out
+    arg = _empty(n, batch, dtype=torch.int32, device=values.device) if code in _NEEDS_ARG else child
+    if n and batch:
+        block_n, block_b = _tiles(batch)
+        grid = (triton.cdiv(n, block_n), triton.cdiv(batch, block_b))
+        _layer_fwd_kernel[grid](
+            values,
+            child,
+            offsets,
+            out,
+            aux,
+            arg,
+            n,
+            batch,
+            REDUCE=code,
+            BLOCK_N=block_n,
+            BLOCK_B=block_b,
+        )
+    return out, (aux if code in _NEEDS_AUX else None), (arg if code in _NEEDS_ARG else None)
+
+
+def layer_bwd(
+    grad_out: torch.Tensor,
+    out: torch.Tensor,
+    aux: torch.Tensor | None,
+    arg: torch.Tensor | None,
+    values: torch.Tensor,
+    parent_edge: torch.Tensor,
+    parent: torch.Tensor,
+    parent_offsets: torch.Tensor,
+    reduce: str,
+) -> torch.Tensor:
+    """Launch the backward kernel: ``d loss / d values``, ``[n_below, B]``."""
+    code = _code(reduce)
+    grad_out = grad_out.contiguous()
+    n_below, batch = values.shape
+    grad_in = _empty(n_below, batch, dtype=values.dtype, device=values.device)
+    if n_below and batch:
+        block_n, block_b = _tiles(batch)
+        grid = (triton.cdiv(n_below, block_n), triton.cdiv(batch, block_b))
+        _layer_bwd_kernel[grid](
+            grad_out,
+            out,
+            out if aux is None else aux,
+            parent_edge if arg is None else arg,
+            values,
+            parent_edge,
+            parent,
+            parent_offsets,
+            grad_in,
+            n_below,
+            batch,
+            REDUCE=code,
+            BLOCK_N=block_n,
+            BLOCK_B=block_b,
+        )
+    return grad_in
+
+
+#: One layer for :func:`circuit_forward_triton`: child, offsets, parent_edge, parent,
+#: parent_offsets (int32 tensors, see :class:`trilay.engine.Layer`) and the reduction.
+TritonLayer = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]
+
+
+class CircuitFunction(torch.autograd.Function):
+    """All layers in one autograd node. Saves each layer's output (and, for the reductions
+    that need it, one node-sized aux tensor): nothing edge-sized."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, layers: Sequence[TritonLayer]):
+        values = inputs.contiguous()
+        saved = [values]
+        for child, offsets, _, _, _, reduce in layers:
+            out, aux, arg = layer_fwd(values, child, offsets, reduce)
+            saved += [out, aux, arg]
+            values = out
+        ctx.layers = layers
+        ctx.save_for_backward(*saved)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        for k in range(len(ctx.layers) - 1, -1, -1):
+            _, _, parent_edge, parent, parent_offsets, reduce = ctx.layers[k]
+            below = saved[0] if k == 0 else saved[3 * k - 2]
+            out, aux, arg = saved[3 * k + 1 : 3 * k + 4]
+            grad = layer_bwd(
+                grad, out, aux, arg, below, parent_edge, parent, parent_offsets, reduce
+            )
+        return grad, None
+
+
+def circuit_forward_triton(inputs: torch.Tensor, layers: Sequence[TritonLayer]) -> torch.Tensor:
+    """All layers with the fused kernels: ``inputs: [n_0, B]`` -> ``[n_L, B]``, differentiable.
+
+    Raises :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the interpreter.
+    """
+    _check_device(inputs)
+    return CircuitFunction.apply(inputs, tuple(layers))

@@ -112,11 +112,11 @@ class CompiledCircuit:
                 setattr(layer, name, tensor.to(device))
         return self
 
-    def module(self, semiring="real", *, backend: str = "auto"):
+    def module(self, semiring="real", *, backend: str = "auto", memory_budget_mb=None):
         """A :class:`~trilay.engine.module.CircuitModule` evaluating it in ``semiring``."""
         from .module import CircuitModule
 
-        return CircuitModule(self, semiring, backend=backend)
+        return CircuitModule(self, semiring, backend=backend, memory_budget_mb=memory_budget_mb)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the compiled circuit to one file (read it back with :meth:`load`)."""

@@ -8,7 +8,7 @@ import torch
 from trilay.kernels.reference import circuit_forward_torch
 
 from .compiled import CompiledCircuit, Layer
-from .errors import DeviceError, DTypeError, SemiringError, ShapeError
+from .errors import DeviceError, DTypeError, MemoryBudgetError, SemiringError, ShapeError
 from .semiring import Semiring, get_semiring
 
 #: Backends a module can run on. ``auto``: the Triton kernels for CUDA tensors, the PyTorch
@@ -35,10 +35,19 @@ class CircuitModule(torch.nn.Module):
 
     The index tensors are buffers, so ``.to(device)``, ``state_dict`` and ``torch.save`` work.
     Values must be on the module's device (:class:`~trilay.engine.errors.DeviceError`).
+
+    ``memory_budget_mb``: before evaluating, the module estimates the bytes a forward (and the
+    backward it prepares) holds (:meth:`estimate_bytes`) and raises
+    :class:`~trilay.engine.errors.MemoryBudgetError` instead of running out of memory midway.
     """
 
     def __init__(
-        self, compiled: CompiledCircuit, semiring: str | Semiring = "real", *, backend: str = "auto"
+        self,
+        compiled: CompiledCircuit,
+        semiring: str | Semiring = "real",
+        *,
+        backend: str = "auto",
+        memory_budget_mb: float | None = None,
     ):
         super().__init__()
         self.semiring = get_semiring(semiring)
@@ -53,6 +62,9 @@ class CircuitModule(torch.nn.Module):
         self.num_vars = compiled.num_vars
         self.num_roots = compiled.num_roots
         self.layer_kinds = [layer.kind for layer in compiled.layers]
+        self.memory_budget_mb = memory_budget_mb
+        # Sizes as Python ints: the budget check reads no device memory.
+        self._layer_sizes = [(layer.num_nodes, layer.num_edges) for layer in compiled.layers]
         for k, layer in enumerate(compiled.layers):
             for name, tensor in layer.tensors().items():
                 self.register_buffer(f"layer{k}_{name}", tensor)
@@ -72,6 +84,11 @@ class CircuitModule(torch.nn.Module):
         compute_dtype = self._check_inputs(pos, neg)
         lead = pos.shape[:-1]
         batch = math.prod(lead)
+        if self.memory_budget_mb is not None:
+            asked = self.estimate_bytes(batch, compute_dtype, self.backend_for(pos.device))
+            allowed = int(self.memory_budget_mb * 2**20)
+            if asked > allowed:
+                raise MemoryBudgetError(asked, allowed, f"a batch of {batch}")
         pos_t = pos.reshape(batch, self.num_vars).to(compute_dtype).t()
         if neg is None:
             neg_t = self.semiring.complement(pos_t)
@@ -84,6 +101,23 @@ class CircuitModule(torch.nn.Module):
         inputs = torch.cat([constants, pos_t, neg_t], dim=0)  # [2V + 2, batch]
         out = self._evaluate(inputs)  # [num_roots, batch]
         return out.t().reshape(*lead, self.num_roots).to(pos.dtype)
+
+    def estimate_bytes(self, batch: int, dtype: torch.dtype, backend: str) -> int:
+        """Bytes a forward with autograd holds: every layer's values (saved for the backward),
+        the Triton path's per-node aux tensors, and the PyTorch path's gathered ``[E, B]`` edge
+        values; plus the widest layer's gradient pair during the backward."""
+        item = torch.empty(0, dtype=dtype).element_size()
+        reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
+        nodes = 2 * self.num_vars + 2 + sum(n for n, _ in self._layer_sizes)
+        widest = max([2 * self.num_vars + 2] + [n for n, _ in self._layer_sizes])
+        total = (nodes + 2 * widest) * batch * item
+        for (n, e), kind in zip(self._layer_sizes, self.layer_kinds, strict=True):
+            if backend == "triton":
+                if reductions[kind] not in ("sum", "logsumexp"):
+                    total += n * batch * (item + 4)  # aux and int32 arg
+            else:
+                total += 2 * e * batch * item  # gathered values and their reduction's input
+        return total
 
     def backend_for(self, device: torch.device) -> str:
         """The backend a forward on ``device`` uses (never a silent fallback)."""

@@ -44,6 +44,17 @@ class ParseError(TrilayError, ValueError):
         self.line = line
 
 
+class MemoryBudgetError(TrilayError, MemoryError):
+    """An evaluation would need more memory than the user's budget allows."""
+
+    def __init__(self, asked: int, allowed: int, what: str = "this evaluation"):
+        super().__init__(
+            f"{what} needs about {asked:,} bytes but the memory budget allows {allowed:,} bytes"
+        )
+        self.asked = asked
+        self.allowed = allowed
+
+
 __all__ = [
     "TrilayError",
     "ShapeError",
@@ -52,4 +63,5 @@ __all__ = [
     "SemiringError",
     "CircuitError",
     "ParseError",
+    "MemoryBudgetError",
 ]

@@ -362,3 +362,128 @@ def circuit_forward_triton(inputs: torch.Tensor, layers: Sequence[TritonLayer]) 
     """
     _check_device(inputs)
     return CircuitFunction.apply(inputs, tuple(layers))
+
+
+# ---------------------------------------------------------------------------- the torch op
+# One layer as a registered torch op (``torch.ops.trilay.layer_fwd``) with a fake kernel, an
+# autograd formula and a vmap rule, so it composes with torch.compile and torch.func.vmap.
+# Reductions without aux/arg return empty tensors there (an op cannot return None).
+
+
+@torch.library.custom_op("trilay::layer_fwd", mutates_args=())
+def _layer_fwd_op(
+    values: torch.Tensor,
+    child: torch.Tensor,
+    offsets: torch.Tensor,
+    parent_edge: torch.Tensor,
+    parent: torch.Tensor,
+    parent_offsets: torch.Tensor,
+    reduce: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, aux, arg = layer_fwd(values, child, offsets, reduce)
+    if aux is None:
+        aux = values.new_empty(0)
+    if arg is None:
+        arg = values.new_empty(0, dtype=torch.int32)
+    return out, aux, arg
+
+
+@_layer_fwd_op.register_fake
+def _(values, child, offsets, parent_edge, parent, parent_offsets, reduce):
+    code = _code(reduce)
+    shape = (offsets.shape[0] - 1, values.shape[1])
+    out = values.new_empty(shape)
+    aux = values.new_empty(shape if code in _NEEDS_AUX else (0,))
+    arg = values.new_empty(shape if code in _NEEDS_ARG else (0,), dtype=torch.int32)
+    return out, aux, arg
+
+
+@torch.library.custom_op("trilay::layer_bwd", mutates_args=())
+def _layer_bwd_op(
+    grad_out: torch.Tensor,
+    out: torch.Tensor,
+    aux: torch.Tensor,
+    arg: torch.Tensor,
+    values: torch.Tensor,
+    parent_edge: torch.Tensor,
+    parent: torch.Tensor,
+    parent_offsets: torch.Tensor,
+    reduce: str,
+) -> torch.Tensor:
+    code = _code(reduce)
+    return layer_bwd(
+        grad_out,
+        out,
+        aux if code in _NEEDS_AUX else None,
+        arg if code in _NEEDS_ARG else None,
+        values,
+        parent_edge,
+        parent,
+        parent_offsets,
+        reduce,
+    )
+
+
+@_layer_bwd_op.register_fake
+def _(grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce):
+    return torch.empty_like(values)
+
+
+def _layer_setup_context(ctx, inputs, output):
+    values, _, _, parent_edge, parent, parent_offsets, reduce = inputs
+    ctx.save_for_backward(values, parent_edge, parent, parent_offsets, *output)
+    ctx.reduce = reduce
+
+
+def _layer_backward(ctx, grad_out, grad_aux, grad_arg):
+    values, parent_edge, parent, parent_offsets, out, aux, arg = ctx.saved_tensors
+    grad = _layer_bwd_op(
+        grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, ctx.reduce
+    )
+    return grad, None, None, None, None, None, None
+
+
+_layer_fwd_op.register_autograd(_layer_backward, setup_context=_layer_setup_context)
+
+
+@_layer_fwd_op.register_vmap
+def _layer_vmap(info, in_dims, values, child, offsets, parent_edge, parent, parent_offsets, reduce):
+    if any(d is not None for d in in_dims[1:]):
+        raise NotImplementedError("trilay.layer vmaps over values only, not over the indices")
+    if in_dims[0] is None:
+        return _layer_fwd_op(values, child, offsets, parent_edge, parent, parent_offsets, reduce), (
+            None,
+            None,
+            None,
+        )
+    # The vmapped dimension joins the batch columns: [V, n, B] -> [n, B * V].
+    stacked = values.movedim(in_dims[0], -1)
+    n_below, batch, width = stacked.shape
+    flat = stacked.reshape(n_below, batch * width)
+    out, aux, arg = _layer_fwd_op(flat, child, offsets, parent_edge, parent, parent_offsets, reduce)
+
+    def unflatten(t):
+        return t.reshape(t.shape[0], batch, width) if t.dim() == 2 else t.new_empty(0)
+
+    results = tuple(unflatten(t) for t in (out, aux, arg))
+    return results, tuple(2 if t.dim() == 3 else None for t in results)
+
+
+def layer(
+    values: torch.Tensor,
+    child: torch.Tensor,
+    offsets: torch.Tensor,
+    parent_edge: torch.Tensor,
+    parent: torch.Tensor,
+    parent_offsets: torch.Tensor,
+    reduce: str,
+) -> torch.Tensor:
+    """One layer as a torch op: ``out[i] = reduce(values[child[offsets[i]:offsets[i+1]]])``.
+
+    ``values: [n_below, B]`` float32/float64; the index tensors are a layer's int32 CSR and
+    transposed CSR (see :class:`trilay.engine.Layer`); ``reduce`` one of
+    :data:`TRITON_REDUCTIONS`. Returns ``[n, B]``. Differentiable (hand-written backward),
+    traceable by ``torch.compile`` and batchable by ``torch.func.vmap`` over ``values``.
+    Raises :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the interpreter.
+    """
+    return _layer_fwd_op(values, child, offsets, parent_edge, parent, parent_offsets, reduce)[0]

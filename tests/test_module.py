@@ -12,6 +12,7 @@ from trilay.engine import Circuit, CompiledCircuit
 from trilay.engine.errors import (
     DeviceError,
     DTypeError,
+    MemoryBudgetError,
     ParseError,
     SemiringError,
     ShapeError,
@@ -189,3 +190,15 @@ def test_log_semiring_probability_zero_and_one_have_finite_exact_gradients():
         torch.testing.assert_close(gx[row], p[row] * d_pos / total)
         torch.testing.assert_close(gy[row], (1 - p[row]) * d_neg / total)
     assert checked >= 1
+
+
+def test_memory_budget_fails_closed(compiled):
+    module = compiled.module("log", memory_budget_mb=1)
+    small = module(torch.rand(4, 6).log())  # far below 1 MiB
+    assert small.shape == (4, 2)
+    batch = 200_000
+    asked = module.estimate_bytes(batch, torch.float32, "torch")
+    # Independent lower bound: the float32 values of every compiled node must be held.
+    assert asked >= compiled.num_nodes * batch * 4
+    with pytest.raises(MemoryBudgetError, match=rf"{asked:,} bytes.*{2**20:,} bytes"):
+        module(torch.zeros(batch, 6))

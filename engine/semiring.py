@@ -12,6 +12,18 @@ name         OR (sum)     AND (product)  zero    one    default complement of ``
 
 ``mpe``, ``mpe_log`` and ``godel`` take a max over models, so a variable a branch does not
 mention must still contribute its better literal: they need a smoothed circuit.
+
+The fuzzy logics evaluate a formula *as written* (truth-functionally, no smoothing needed):
+
+=====================  ===================  ==========================
+name                   OR (t-conorm)        AND (t-norm)
+=====================  ===================  ==========================
+``fuzzy_godel``        max                  min
+``fuzzy_product``      ``1 - prod(1 - x)``  prod
+``fuzzy_lukasiewicz``  ``min(1, sum)``      ``max(0, sum - (n - 1))``
+=====================  ===================  ==========================
+
+with negation ``1 - x``; compile their formulas with ``smooth=False``.
 """
 
 from __future__ import annotations
@@ -85,6 +97,19 @@ SEMIRINGS: dict[str, Semiring] = {
         Semiring("mpe", "max", "prod", 0.0, 1.0, log_space=False, needs_smoothing=True),
         Semiring("mpe_log", "max", "sum", -math.inf, 0.0, log_space=True, needs_smoothing=True),
         Semiring("godel", "max", "min", 0.0, 1.0, log_space=False, needs_smoothing=True),
+        Semiring("fuzzy_godel", "max", "min", 0.0, 1.0, log_space=False, needs_smoothing=False),
+        Semiring(
+            "fuzzy_product", "prob_sum", "prod", 0.0, 1.0, log_space=False, needs_smoothing=False
+        ),
+        Semiring(
+            "fuzzy_lukasiewicz",
+            "lukasiewicz_or",
+            "lukasiewicz_and",
+            0.0,
+            1.0,
+            log_space=False,
+            needs_smoothing=False,
+        ),
     )
 }
 

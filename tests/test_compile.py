@@ -367,3 +367,24 @@ def test_compiled_structure_is_numpy_free_of_python_loops_on_big_input():
     (g,) = torch.autograd.grad(out.sum(), pos)
     (g_ref,) = torch.autograd.grad(ref.sum(), pos)
     torch.testing.assert_close(g, g_ref)
+
+
+def test_fuzzy_semirings_evaluate_the_formula_as_written():
+    """Exactly-one over (0.2, 0.5, 0.7) as a DNF, by hand: product 0.385408, Gödel 0.5,
+    Łukasiewicz 0.0 (issue 6's figures)."""
+    c = Circuit(3)
+    terms = [c.conjoin([c.literal(i if j == i else -j) for j in (1, 2, 3)]) for i in (1, 2, 3)]
+    c.add_root(c.disjoin(terms))
+    compiled = c.compile(smooth=False)
+    p = torch.tensor([[0.2, 0.5, 0.7]], dtype=torch.float64)
+    expected = {"fuzzy_product": 0.385408, "fuzzy_godel": 0.5, "fuzzy_lukasiewicz": 0.0}
+    for semiring, value in expected.items():
+        assert compiled.module(semiring)(p).item() == pytest.approx(value, abs=1e-12)
+    # The CNF form gives other truth values (product 0.442728, Gödel 0.5, Łukasiewicz 0.8).
+    c = Circuit(3)
+    pairs = [c.disjoin([c.literal(-i), c.literal(-j)]) for i, j in ((1, 2), (1, 3), (2, 3))]
+    c.add_root(c.conjoin([c.disjoin([c.literal(v) for v in (1, 2, 3)]), *pairs]))
+    compiled = c.compile(smooth=False)
+    expected = {"fuzzy_product": 0.442728, "fuzzy_godel": 0.5, "fuzzy_lukasiewicz": 0.8}
+    for semiring, value in expected.items():
+        assert compiled.module(semiring)(p).item() == pytest.approx(value, abs=1e-12)

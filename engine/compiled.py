@@ -12,6 +12,11 @@ from .errors import CircuitError, ParseError
 
 _FORMAT = "trilay.compiled/1"
 
+#: Nodes with more edges than this (fan-in, or fan-out in the transposed CSR) are split into
+#: chunks of at most this many edges, reduced separately and combined, so that one hub (a sum
+#: node with 10^4 children, a literal with 10^4 parents) does not serialize its layer.
+HUB_CHUNK = 256
+
 
 @dataclass
 class Layer:
@@ -23,6 +28,12 @@ class Layer:
     ``parent_edge[parent_offsets[j]:parent_offsets[j+1]]`` (ascending), and the nodes of this
     layer they belong to, ``parent[...]`` over the same range: a backward pass walks it without
     atomics. All index tensors are int32.
+
+    Hub plans (empty when no node has more than :data:`HUB_CHUNK` edges): ``chunk_offsets``
+    cuts the edge CSR into chunks of at most ``HUB_CHUNK`` edges, node ``i`` owning chunks
+    ``chunk_of_node[i]:chunk_of_node[i+1]``; ``parent_chunk_offsets`` /
+    ``parent_chunk_of_child`` do the same for the transposed CSR, ``parent_chunk_child`` naming
+    each chunk's child.
     """
 
     kind: str  # "and" or "or"
@@ -31,6 +42,11 @@ class Layer:
     parent_offsets: torch.Tensor  # [n_below + 1]
     parent: torch.Tensor  # [E] node of this layer, edges in child order
     parent_edge: torch.Tensor  # [E] edge id, edges in child order
+    chunk_offsets: torch.Tensor  # [S + 1] or empty
+    chunk_of_node: torch.Tensor  # [n + 1] or empty
+    parent_chunk_offsets: torch.Tensor  # [T + 1] or empty
+    parent_chunk_of_child: torch.Tensor  # [n_below + 1] or empty
+    parent_chunk_child: torch.Tensor  # [T] or empty
 
     @property
     def num_nodes(self) -> int:
@@ -49,6 +65,8 @@ class Layer:
         parent_offsets = np.zeros(num_below + 1, dtype=np.int64)
         np.cumsum(np.bincount(child, minlength=num_below), out=parent_offsets[1:])
         as_int32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))  # noqa: E731
+        chunk_offsets, chunk_of_node, _ = _hub_plan(offsets)
+        parent_chunk_offsets, parent_chunk_of_child, parent_chunk_child = _hub_plan(parent_offsets)
         return cls(
             kind=kind,
             child=as_int32(child),
@@ -56,6 +74,11 @@ class Layer:
             parent_offsets=as_int32(parent_offsets),
             parent=as_int32(parent_of_edge[by_child]),
             parent_edge=as_int32(by_child),
+            chunk_offsets=as_int32(chunk_offsets),
+            chunk_of_node=as_int32(chunk_of_node),
+            parent_chunk_offsets=as_int32(parent_chunk_offsets),
+            parent_chunk_of_child=as_int32(parent_chunk_of_child),
+            parent_chunk_child=as_int32(parent_chunk_child),
         )
 
     @classmethod
@@ -65,6 +88,25 @@ class Layer:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.index_names()}
+
+
+def _hub_plan(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut a CSR's segments into chunks of at most :data:`HUB_CHUNK` edges.
+
+    Returns ``(chunk_offsets, chunk_of_segment, segment_of_chunk)``, all empty when no segment
+    is longer than the limit (the kernels then skip the two-step reduction).
+    """
+    lengths = np.diff(offsets)
+    if lengths.size == 0 or lengths.max() <= HUB_CHUNK:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    chunks = np.maximum(1, -(-lengths // HUB_CHUNK))
+    chunk_of_segment = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(chunks, out=chunk_of_segment[1:])
+    segment_of_chunk = np.repeat(np.arange(lengths.size), chunks)
+    index_in_segment = np.arange(segment_of_chunk.size) - chunk_of_segment[segment_of_chunk]
+    starts = offsets[segment_of_chunk] + index_in_segment * HUB_CHUNK
+    return np.append(starts, offsets[-1]), chunk_of_segment, segment_of_chunk
 
 
 class CompiledCircuit:

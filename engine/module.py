@@ -130,18 +130,11 @@ class CircuitModule(torch.nn.Module):
         reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
         if self.backend_for(inputs.device) == "triton":
             try:
-                from trilay.kernels.layer import circuit_forward_triton
+                from trilay.kernels.layer import TritonLayer, circuit_forward_triton
             except ImportError as err:
                 raise DeviceError(f"the Triton backend cannot run: {err}") from err
             layers = [
-                (
-                    layer.child,
-                    layer.offsets,
-                    layer.parent_edge,
-                    layer.parent,
-                    layer.parent_offsets,
-                    reductions[layer.kind],
-                )
+                TritonLayer(**layer.tensors(), reduce=reductions[layer.kind])
                 for layer in map(self.layer, range(len(self.layer_kinds)))
             ]
             return circuit_forward_triton(inputs, layers)

@@ -19,6 +19,7 @@ bfloat16 in float32). On CPU tensors the kernels run only under Triton's interpr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import triton
@@ -156,23 +157,29 @@ def _layer_bwd_kernel(
     values_ptr,  # [n_below, batch] forward input
     parent_edge_ptr,  # [E] int32 edge ids in child order
     parent_ptr,  # [E] int32 parent node of each, same order
-    parent_offsets_ptr,  # [n_below + 1] int32
-    grad_in_ptr,  # [n_below, batch]
-    n_below,
+    parent_offsets_ptr,  # [rows + 1] int32 (per child, or per hub chunk)
+    row_child_ptr,  # [rows] int32 child of each row when VIRTUAL_ROWS (hub chunks)
+    grad_in_ptr,  # [rows, batch]
+    n_rows,
     batch,
     REDUCE: tl.constexpr,
+    VIRTUAL_ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < n_below
+    row_mask = rows < n_rows
     col_mask = cols < batch
     tile_mask = row_mask[:, None] & col_mask[None, :]
     start = tl.load(parent_offsets_ptr + rows, mask=row_mask, other=0)
     count = tl.load(parent_offsets_ptr + rows + 1, mask=row_mask, other=0) - start
     where = rows[:, None].to(tl.int64) * batch + cols[None, :]
-    x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
+    if VIRTUAL_ROWS:
+        child = tl.load(row_child_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+        x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=tile_mask, other=1.0)
+    else:
+        x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
     if REDUCE == 7:
         x = 1.0 - x
     acc = tl.zeros((BLOCK_N, BLOCK_B), values_ptr.dtype.element_ty)
@@ -293,15 +300,21 @@ def layer_bwd(
     parent: torch.Tensor,
     parent_offsets: torch.Tensor,
     reduce: str,
+    row_child: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the backward kernel: ``d loss / d values``, ``[n_below, B]``."""
+    """Launch the backward kernel: ``d loss / d values``, ``[n_below, B]``.
+
+    With ``row_child``, ``parent_offsets`` is a hub plan's chunk CSR and the result is one
+    partial gradient row per chunk (``[num_chunks, B]``), ``row_child`` naming each chunk's
+    child.
+    """
     code = _code(reduce)
     grad_out = grad_out.contiguous()
-    n_below, batch = values.shape
-    grad_in = _empty(n_below, batch, dtype=values.dtype, device=values.device)
-    if n_below and batch:
+    n_rows, batch = parent_offsets.numel() - 1, values.shape[1]
+    grad_in = _empty(n_rows, batch, dtype=values.dtype, device=values.device)
+    if n_rows and batch:
         block_n, block_b = _tiles(batch)
-        grid = (triton.cdiv(n_below, block_n), triton.cdiv(batch, block_b))
+        grid = (triton.cdiv(n_rows, block_n), triton.cdiv(batch, block_b))
         _layer_bwd_kernel[grid](
             grad_out,
             out,
@@ -311,19 +324,83 @@ def layer_bwd(
             parent_edge,
             parent,
             parent_offsets,
+            parent_edge if row_child is None else row_child,
             grad_in,
-            n_below,
+            n_rows,
             batch,
             REDUCE=code,
+            VIRTUAL_ROWS=row_child is not None,
             BLOCK_N=block_n,
             BLOCK_B=block_b,
         )
     return grad_in
 
 
-#: One layer for :func:`circuit_forward_triton`: child, offsets, parent_edge, parent,
-#: parent_offsets (int32 tensors, see :class:`trilay.engine.Layer`) and the reduction.
-TritonLayer = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]
+class TritonLayer(NamedTuple):
+    """One layer for :func:`circuit_forward_triton`: the int32 index tensors of
+    :class:`trilay.engine.Layer` (hub plans may be empty) and the layer's reduction."""
+
+    child: torch.Tensor
+    offsets: torch.Tensor
+    parent_edge: torch.Tensor
+    parent: torch.Tensor
+    parent_offsets: torch.Tensor
+    chunk_offsets: torch.Tensor
+    chunk_of_node: torch.Tensor
+    parent_chunk_offsets: torch.Tensor
+    parent_chunk_of_child: torch.Tensor
+    parent_chunk_child: torch.Tensor
+    reduce: str
+
+
+# Reductions whose partial results over chunks combine by the same reduction.
+_CHUNKABLE = ("sum", "logsumexp")
+
+
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.int32, device=device)
+
+
+def layer_forward(values: torch.Tensor, layer: TritonLayer):
+    """One layer's forward, split at hubs when the layer has a hub plan: each chunk of at
+    most ``HUB_CHUNK`` edges is reduced by its own program, then each node's chunks are
+    combined (sum and logsumexp; other reductions run unsplit). Returns ``(out, aux, arg)``."""
+    if layer.chunk_offsets.numel() and layer.reduce in _CHUNKABLE:
+        partial, _, _ = layer_fwd(values, layer.child, layer.chunk_offsets, layer.reduce)
+        chunks = _arange(partial.shape[0], values.device)
+        return layer_fwd(partial, chunks, layer.chunk_of_node, layer.reduce)
+    return layer_fwd(values, layer.child, layer.offsets, layer.reduce)
+
+
+def layer_backward(grad_out, out, aux, arg, values, layer: TritonLayer) -> torch.Tensor:
+    """One layer's backward, split at hub children (fan-out above ``HUB_CHUNK``): partial
+    gradients per chunk of parent edges, then summed per child. No atomics either way."""
+    if layer.parent_chunk_offsets.numel():
+        partial = layer_bwd(
+            grad_out,
+            out,
+            aux,
+            arg,
+            values,
+            layer.parent_edge,
+            layer.parent,
+            layer.parent_chunk_offsets,
+            layer.reduce,
+            row_child=layer.parent_chunk_child,
+        )
+        chunks = _arange(partial.shape[0], values.device)
+        return layer_fwd(partial, chunks, layer.parent_chunk_of_child, "sum")[0]
+    return layer_bwd(
+        grad_out,
+        out,
+        aux,
+        arg,
+        values,
+        layer.parent_edge,
+        layer.parent,
+        layer.parent_offsets,
+        layer.reduce,
+    )
 
 
 class CircuitFunction(torch.autograd.Function):
@@ -334,8 +411,8 @@ class CircuitFunction(torch.autograd.Function):
     def forward(ctx, inputs: torch.Tensor, layers: Sequence[TritonLayer]):
         values = inputs.contiguous()
         saved = [values]
-        for child, offsets, _, _, _, reduce in layers:
-            out, aux, arg = layer_fwd(values, child, offsets, reduce)
+        for layer in layers:
+            out, aux, arg = layer_forward(values, layer)
             saved += [out, aux, arg]
             values = out
         ctx.layers = layers
@@ -346,12 +423,9 @@ class CircuitFunction(torch.autograd.Function):
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         for k in range(len(ctx.layers) - 1, -1, -1):
-            _, _, parent_edge, parent, parent_offsets, reduce = ctx.layers[k]
             below = saved[0] if k == 0 else saved[3 * k - 2]
             out, aux, arg = saved[3 * k + 1 : 3 * k + 4]
-            grad = layer_bwd(
-                grad, out, aux, arg, below, parent_edge, parent, parent_offsets, reduce
-            )
+            grad = layer_backward(grad, out, aux, arg, below, ctx.layers[k])
         return grad, None
 
 

@@ -8,7 +8,13 @@ from conftest import DATA, models_of_cnf, random_cnf, random_weights
 from trilay.engine import Circuit
 from trilay.engine.errors import DeviceError, SemiringError
 from trilay.kernels import layer as triton_layer
-from trilay.kernels.layer import TRITON_REDUCTIONS, circuit_forward_triton, layer_bwd, layer_fwd
+from trilay.kernels.layer import (
+    TRITON_REDUCTIONS,
+    TritonLayer,
+    circuit_forward_triton,
+    layer_bwd,
+    layer_fwd,
+)
 from trilay.kernels.reference import segment_reduce_torch
 
 REDUCTIONS = sorted(TRITON_REDUCTIONS)
@@ -127,7 +133,9 @@ def test_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     child, offsets, *_ = make_layer([2], 3, seed=0)
     with pytest.raises(DeviceError, match="TRITON_INTERPRET"):
-        circuit_forward_triton(torch.zeros(3, 1), [(child, offsets, child, child, offsets, "sum")])
+        empty = torch.zeros(0, dtype=torch.int32)
+        plain = TritonLayer(child, offsets, child, child, offsets, *[empty] * 5, "sum")
+        circuit_forward_triton(torch.zeros(3, 1), [plain])
 
 
 @pytest.mark.parametrize("semiring", ["real", "log", "mpe", "mpe_log", "godel"])
@@ -194,3 +202,31 @@ def test_layer_op_opcheck_vmap_and_compile():
         lambda v: triton_layer.layer(v, *index, "sum") * 2, backend="aot_eager"
     )
     torch.testing.assert_close(compiled(x), triton_layer.layer(x, *index, "sum") * 2)
+
+
+@pytest.mark.parametrize("semiring", ["real", "log", "mpe"])
+def test_hub_nodes_split_into_chunks(semiring):
+    """An OR with 600 children and a literal read by 600 parents: both take the two-step
+    (chunked) path, and agree with the PyTorch path."""
+    from trilay.engine.compiled import HUB_CHUNK
+
+    width = 600
+    assert width > 2 * HUB_CHUNK
+    c = Circuit(12)
+    terms = []
+    for i in range(width):
+        lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, 12)]
+        terms.append(c.conjoin([c.literal(lit) for lit in lits]))
+    c.add_root(c.disjoin(terms))
+    compiled = c.compile(smooth=semiring == "mpe")
+    assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
+    assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
+    p = random_weights(3, 12, 5, extremes=False)
+    x = p.log() if semiring == "log" else p
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = compiled.module(semiring, backend="triton")(a)
+    ref = compiled.module(semiring, backend="torch")(b)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    (g,) = torch.autograd.grad(out.sum(), a)
+    (g_ref,) = torch.autograd.grad(ref.sum(), b)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)

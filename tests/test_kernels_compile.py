@@ -27,7 +27,8 @@ def signature(kernel, dtype):
         if name.isupper():
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            int_ptr = name in ("child_ptr", "offsets_ptr", "arg_ptr") or name.startswith("parent")
+            int_ptr = name in ("child_ptr", "offsets_ptr", "arg_ptr", "row_child_ptr")
+            int_ptr = int_ptr or name.startswith("parent")
             sig[name] = "*i32" if int_ptr else f"*{dtype}"
         else:
             sig[name] = "i32"
@@ -40,9 +41,13 @@ for kernel in (layer._layer_fwd_kernel, layer._layer_bwd_kernel):
             for dtype in ("fp32", "fp64"):
                 constexprs = {"REDUCE": code, "BLOCK_N": block_n, "BLOCK_B": block_b}
                 sig = signature(kernel, dtype)
-                src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-                compiled = triton.compile(src, target=target)
-                assert compiled.asm["cubin"], (kernel.__name__, reduce, dtype)
+                virtual = (False, True) if "VIRTUAL_ROWS" in kernel.arg_names else (None,)
+                for virtual_rows in virtual:
+                    if virtual_rows is not None:
+                        constexprs["VIRTUAL_ROWS"] = virtual_rows
+                    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+                    compiled = triton.compile(src, target=target)
+                    assert compiled.asm["cubin"], (kernel.__name__, reduce, dtype)
 print("compiled", sys.argv[1:])
 """
 

@@ -154,11 +154,12 @@ class CompiledCircuit:
                 setattr(layer, name, tensor.to(device))
         return self
 
-    def module(self, semiring="real", *, backend: str = "auto", memory_budget_mb=None):
-        """A :class:`~trilay.engine.module.CircuitModule` evaluating it in ``semiring``."""
+    def module(self, semiring="real", **options):
+        """A :class:`~trilay.engine.module.CircuitModule` evaluating it in ``semiring``;
+        ``options`` are the module's (``backend``, ``memory_budget_mb``, ``cuda_graphs``)."""
         from .module import CircuitModule
 
-        return CircuitModule(self, semiring, backend=backend, memory_budget_mb=memory_budget_mb)
+        return CircuitModule(self, semiring, **options)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the compiled circuit to one file (read it back with :meth:`load`)."""

@@ -39,6 +39,12 @@ class CircuitModule(torch.nn.Module):
     ``memory_budget_mb``: before evaluating, the module estimates the bytes a forward (and the
     backward it prepares) holds (:meth:`estimate_bytes`) and raises
     :class:`~trilay.engine.errors.MemoryBudgetError` instead of running out of memory midway.
+
+    ``cuda_graphs=True`` (CUDA tensors only): the forward and its backward are captured once per
+    input signature (shapes, dtype, which inputs require grad) with
+    ``torch.cuda.make_graphed_callables`` and replayed afterwards, removing the per-layer
+    launch cost. The circuit must not change while graphs exist. Off by default until it has
+    been validated on a GPU (see tests/test_gpu.py).
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class CircuitModule(torch.nn.Module):
         *,
         backend: str = "auto",
         memory_budget_mb: float | None = None,
+        cuda_graphs: bool = False,
     ):
         super().__init__()
         self.semiring = get_semiring(semiring)
@@ -63,6 +70,8 @@ class CircuitModule(torch.nn.Module):
         self.num_roots = compiled.num_roots
         self.layer_kinds = [layer.kind for layer in compiled.layers]
         self.memory_budget_mb = memory_budget_mb
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple, object] = {}
         # Sizes as Python ints: the budget check reads no device memory.
         self._layer_sizes = [(layer.num_nodes, layer.num_edges) for layer in compiled.layers]
         for k, layer in enumerate(compiled.layers):
@@ -89,6 +98,28 @@ class CircuitModule(torch.nn.Module):
             allowed = int(self.memory_budget_mb * 2**20)
             if asked > allowed:
                 raise MemoryBudgetError(asked, allowed, f"a batch of {batch}")
+        if self.cuda_graphs and pos.device.type == "cuda":
+            return self._graphed(pos, neg)
+        return self._forward(pos, neg, compute_dtype)
+
+    def _graphed(self, pos: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+        """Replay (capturing on first use) the CUDA graph for this input signature."""
+        args = (pos,) if neg is None else (pos, neg)
+        key = tuple((a.shape, a.dtype, a.requires_grad) for a in args)
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+            compute_dtype = self._check_inputs(pos, neg)
+            graphed = torch.cuda.make_graphed_callables(
+                lambda *xs: self._forward(xs[0], xs[1] if len(xs) > 1 else None, compute_dtype),
+                samples,
+            )
+            self._graphs[key] = graphed
+        return graphed(*args)
+
+    def _forward(self, pos, neg, compute_dtype: torch.dtype) -> torch.Tensor:
+        lead = pos.shape[:-1]
+        batch = math.prod(lead)
         pos_t = pos.reshape(batch, self.num_vars).to(compute_dtype).t()
         if neg is None:
             neg_t = self.semiring.complement(pos_t)

@@ -39,80 +39,44 @@ TRITON_REDUCTIONS = {
     "prob_sum": 7,
 }
 _SUM, _PROD, _LSE, _MAX, _MIN, _LUK_AND, _LUK_OR, _PROB_SUM = range(8)
+# What a masked lane loads, by code: the reduction's identity (prob_sum: x = 0, factor 1).
+_NEUTRAL = (0.0, 1.0, float("-inf"), float("-inf"), float("inf"), 0.0, 0.0, 0.0)
 _NEEDS_AUX = (_PROD, _LUK_AND, _LUK_OR, _PROB_SUM)
 _NEEDS_ARG = (_PROD, _MAX, _MIN, _PROB_SUM)
 
 
 @triton.jit
-def _layer_fwd_kernel(
-    values_ptr,  # [n_below, batch] the layer below
-    child_ptr,  # [E] int32 row of values each edge reads
-    offsets_ptr,  # [n + 1] int32 CSR offsets of each node's edges
-    out_ptr,  # [n, batch]
-    aux_ptr,  # [n, batch] what the backward needs beyond out (see _layer_bwd_kernel)
-    arg_ptr,  # [n, batch] int32: edge of the max/min; zero factors of prod/prob_sum
-    n,
-    batch,
-    REDUCE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-):
-    nodes = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    node_mask = nodes < n
-    col_mask = cols < batch
-    start = tl.load(offsets_ptr + nodes, mask=node_mask, other=0)
-    length = tl.load(offsets_ptr + nodes + 1, mask=node_mask, other=0) - start
-    tile_mask = node_mask[:, None] & col_mask[None, :]
-    dtype = values_ptr.dtype.element_ty
-
+def _step(acc, total, zeros, nonzero, arg, x, candidate, REDUCE: tl.constexpr):
+    """Fold one child value ``x`` (edge ``candidate``) into the running state."""
     if REDUCE == 0 or REDUCE == 5 or REDUCE == 6:
-        neutral = 0.0
-    elif REDUCE == 1:
-        neutral = 1.0
-    elif REDUCE == 7:
-        neutral = 0.0  # 1 - x = 1, the neutral factor of the product of (1 - x)
-    elif REDUCE == 4:
-        neutral = float("inf")
+        acc += x
+    elif REDUCE == 1 or REDUCE == 7:
+        factor = x
+        if REDUCE == 7:
+            factor = 1.0 - x
+        is_zero = factor == 0.0
+        zeros += is_zero.to(tl.int32)
+        nonzero *= tl.where(is_zero, 1.0, factor)
+    elif REDUCE == 2:
+        # Online logsumexp with one exp per edge: exp(-|x - m|) rescales either the running
+        # total (new max) or the new term. -inf terms add nothing.
+        t = tl.exp(-tl.abs(x - acc))
+        t = tl.where(x == float("-inf"), 0.0, t)
+        total = tl.where(x > acc, total * t + 1.0, total + t)
+        acc = tl.maximum(acc, x)
     else:
-        neutral = float("-inf")
-    acc = tl.full((BLOCK_N, BLOCK_B), neutral, dtype)
-    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)  # prod / prob_sum: zero factors seen
-    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)  # their product of non-zero factors
-    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)  # logsumexp: sum of exp(x - acc)
-    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
-
-    for j in range(0, tl.max(length, axis=0)):
-        edge_mask = node_mask & (j < length)
-        edge = start + j
-        child = tl.load(child_ptr + edge, mask=edge_mask, other=0).to(tl.int64)
-        mask = edge_mask[:, None] & col_mask[None, :]
-        x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=mask, other=neutral)
-        if REDUCE == 0 or REDUCE == 5 or REDUCE == 6:
-            acc += x
-        elif REDUCE == 1 or REDUCE == 7:
-            factor = x
-            if REDUCE == 7:
-                factor = 1.0 - x
-            is_zero = factor == 0.0
-            zeros += is_zero.to(tl.int32)
-            nonzero *= tl.where(is_zero, 1.0, factor)
-        elif REDUCE == 2:
-            # Online logsumexp with one exp per edge: exp(-|x - m|) rescales either the running
-            # total (new max) or the new term. -inf terms add nothing.
-            t = tl.exp(-tl.abs(x - acc))
-            t = tl.where(x == float("-inf"), 0.0, t)
-            total = tl.where(x > acc, total * t + 1.0, total + t)
-            acc = tl.maximum(acc, x)
-        elif REDUCE == 3:
+        if REDUCE == 3:
             better = x > acc
-            arg = tl.where(better, edge[:, None], arg)
-            acc = tl.where(better, x, acc)
         else:
             better = x < acc
-            arg = tl.where(better, edge[:, None], arg)
-            acc = tl.where(better, x, acc)
+        arg = tl.where(better, candidate, arg)
+        acc = tl.where(better, x, acc)
+    return acc, total, zeros, nonzero, arg
 
+
+@triton.jit
+def _finish(acc, total, zeros, nonzero, arg, length, REDUCE: tl.constexpr):
+    """The node's value and what its backward needs: ``(out, aux, arg)``."""
     aux = acc
     if REDUCE == 1 or REDUCE == 7:
         # The backward needs the product of the non-zero factors and how many are zero; it
@@ -125,14 +89,125 @@ def _layer_fwd_kernel(
     elif REDUCE == 2:
         acc = acc + tl.log(total)  # all -inf: -inf + log(0) = -inf
     elif REDUCE == 5:
-        aux = acc - (length[:, None] - 1).to(dtype)
+        aux = acc - (length[:, None] - 1).to(acc.dtype)
         acc = tl.maximum(aux, 0.0)
     elif REDUCE == 6:
-        aux = acc
         acc = tl.minimum(acc, 1.0)
+    return acc, aux, arg
+
+
+@triton.jit
+def _layer_fwd_kernel(
+    values_ptr,  # [n_below, batch] the layer below
+    child_ptr,  # [E] int32 row of values each edge reads
+    offsets_ptr,  # [n + 1] int32 CSR offsets of each node's (or hub chunk's) edges
+    out_ptr,  # [n, batch]
+    aux_ptr,  # [n, batch] what the backward needs beyond out (see _layer_bwd_kernel)
+    arg_ptr,  # [n, batch] int32: edge of the max/min; zero factors of prod/prob_sum
+    n,
+    batch,
+    REDUCE: tl.constexpr,
+    NEUTRAL: tl.constexpr,  # what a masked lane loads: leaves the reduction unchanged
+    PARTIAL: tl.constexpr,  # rows are hub chunks: store the raw state for _layer_combine_kernel
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    nodes = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    node_mask = nodes < n
+    col_mask = cols < batch
+    start = tl.load(offsets_ptr + nodes, mask=node_mask, other=0)
+    length = tl.load(offsets_ptr + nodes + 1, mask=node_mask, other=0) - start
+    tile_mask = node_mask[:, None] & col_mask[None, :]
+    dtype = values_ptr.dtype.element_ty
+
+    acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
+    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)  # prod / prob_sum: zero factors seen
+    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)  # their product of non-zero factors
+    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)  # logsumexp: sum of exp(x - acc)
+    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
+
+    for j in range(0, tl.max(length, axis=0)):
+        edge_mask = node_mask & (j < length)
+        edge = start + j
+        child = tl.load(child_ptr + edge, mask=edge_mask, other=0).to(tl.int64)
+        mask = edge_mask[:, None] & col_mask[None, :]
+        x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=mask, other=NEUTRAL)
+        acc, total, zeros, nonzero, arg = _step(
+            acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
+        )
 
     where = nodes[:, None].to(tl.int64) * batch + cols[None, :]
-    tl.store(out_ptr + where, acc, mask=tile_mask)
+    if PARTIAL:
+        if REDUCE == 2:
+            acc = acc + tl.log(total)  # partial logsumexps combine by logsumexp
+        if REDUCE == 1 or REDUCE == 7:
+            arg = zeros
+        tl.store(out_ptr + where, acc, mask=tile_mask)
+        tl.store(aux_ptr + where, nonzero, mask=tile_mask)
+        tl.store(arg_ptr + where, arg, mask=tile_mask)
+    else:
+        out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
+        tl.store(out_ptr + where, out, mask=tile_mask)
+        if REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7:
+            tl.store(aux_ptr + where, aux, mask=tile_mask)
+        if REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7:
+            tl.store(arg_ptr + where, arg, mask=tile_mask)
+
+
+@triton.jit
+def _layer_combine_kernel(
+    part_out_ptr,  # [S, batch] raw state of each hub chunk (from PARTIAL forward)
+    part_aux_ptr,  # [S, batch] product of its non-zero factors (prod, prob_sum)
+    part_arg_ptr,  # [S, batch] int32 its arg edge (max, min) or zero count (prod, prob_sum)
+    chunk_of_node_ptr,  # [n + 1] int32 node -> its chunks
+    offsets_ptr,  # [n + 1] int32 the layer's edge CSR (fan-in, for lukasiewicz_and)
+    out_ptr,
+    aux_ptr,
+    arg_ptr,
+    n,
+    batch,
+    REDUCE: tl.constexpr,
+    NEUTRAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    nodes = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    node_mask = nodes < n
+    col_mask = cols < batch
+    tile_mask = node_mask[:, None] & col_mask[None, :]
+    first = tl.load(chunk_of_node_ptr + nodes, mask=node_mask, other=0)
+    count = tl.load(chunk_of_node_ptr + nodes + 1, mask=node_mask, other=0) - first
+    start = tl.load(offsets_ptr + nodes, mask=node_mask, other=0)
+    length = tl.load(offsets_ptr + nodes + 1, mask=node_mask, other=0) - start
+    dtype = part_out_ptr.dtype.element_ty
+
+    acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
+    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)
+    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)
+    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)
+    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
+
+    for j in range(0, tl.max(count, axis=0)):
+        chunk_mask = node_mask & (j < count)
+        mask = chunk_mask[:, None] & col_mask[None, :]
+        at = (first + j)[:, None].to(tl.int64) * batch + cols[None, :]
+        if REDUCE == 1 or REDUCE == 7:
+            nonzero *= tl.load(part_aux_ptr + at, mask=mask, other=1.0)
+            zeros += tl.load(part_arg_ptr + at, mask=mask, other=0)
+        else:
+            x = tl.load(part_out_ptr + at, mask=mask, other=NEUTRAL)
+            candidate = tl.load(part_arg_ptr + at, mask=mask, other=0)
+            # Chunks come in edge order and only a strictly better value wins: ties keep the
+            # first child, as in the unsplit kernel.
+            acc, total, zeros, nonzero, arg = _step(
+                acc, total, zeros, nonzero, arg, x, candidate, REDUCE
+            )
+
+    out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
+    where = nodes[:, None].to(tl.int64) * batch + cols[None, :]
+    tl.store(out_ptr + where, out, mask=tile_mask)
     if REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7:
         tl.store(aux_ptr + where, aux, mask=tile_mask)
     if REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7:
@@ -261,16 +336,28 @@ def _code(reduce: str) -> int:
         ) from None
 
 
-def layer_fwd(values: torch.Tensor, child: torch.Tensor, offsets: torch.Tensor, reduce: str):
+def layer_fwd(
+    values: torch.Tensor,
+    child: torch.Tensor,
+    offsets: torch.Tensor,
+    reduce: str,
+    partial: bool = False,
+):
     """Launch the forward kernel: ``(out, aux, arg)``, ``out: [n, B]``; ``aux``/``arg`` are what
-    the backward needs (``None`` where the reduction needs none)."""
+    the backward needs (``None`` where the reduction needs none).
+
+    ``partial``: ``offsets`` cuts hub nodes into chunks; every chunk's raw state is returned
+    (all three tensors) for :func:`layer_combine`.
+    """
     code = _code(reduce)
     _check_device(values)
     values = values.contiguous()
     n, batch = offsets.numel() - 1, values.shape[1]
     out = _empty(n, batch, dtype=values.dtype, device=values.device)
-    aux = _empty(n, batch, dtype=values.dtype, device=values.device) if code in _NEEDS_AUX else out
-    arg = _empty(n, batch, dtype=torch.int32, device=values.device) if code in _NEEDS_ARG else child
+    keep_aux = partial or code in _NEEDS_AUX
+    keep_arg = partial or code in _NEEDS_ARG
+    aux = _empty(n, batch, dtype=values.dtype, device=values.device) if keep_aux else out
+    arg = _empty(n, batch, dtype=torch.int32, device=values.device) if keep_arg else child
     if n and batch:
         block_n, block_b = _tiles(batch)
         grid = (triton.cdiv(n, block_n), triton.cdiv(batch, block_b))
@@ -284,6 +371,47 @@ def layer_fwd(values: torch.Tensor, child: torch.Tensor, offsets: torch.Tensor, 
             n,
             batch,
             REDUCE=code,
+            NEUTRAL=_NEUTRAL[code],
+            PARTIAL=partial,
+            BLOCK_N=block_n,
+            BLOCK_B=block_b,
+        )
+    return out, (aux if keep_aux else None), (arg if keep_arg else None)
+
+
+def layer_combine(part, chunk_of_node: torch.Tensor, offsets: torch.Tensor, reduce: str):
+    """Combine hub chunks' raw states (``part``, from ``layer_fwd(..., partial=True)``) into
+    each node's ``(out, aux, arg)``, exactly as the unsplit kernel computes them."""
+    code = _code(reduce)
+    part_out, part_aux, part_arg = part
+    n, batch = offsets.numel() - 1, part_out.shape[1]
+    out = _empty(n, batch, dtype=part_out.dtype, device=part_out.device)
+    aux = (
+        _empty(n, batch, dtype=part_out.dtype, device=part_out.device)
+        if code in _NEEDS_AUX
+        else out
+    )
+    arg = (
+        _empty(n, batch, dtype=torch.int32, device=part_out.device)
+        if code in _NEEDS_ARG
+        else part_arg
+    )
+    if n and batch:
+        block_n, block_b = _tiles(batch)
+        grid = (triton.cdiv(n, block_n), triton.cdiv(batch, block_b))
+        _layer_combine_kernel[grid](
+            part_out,
+            part_aux,
+            part_arg,
+            chunk_of_node,
+            offsets,
+            out,
+            aux,
+            arg,
+            n,
+            batch,
+            REDUCE=code,
+            NEUTRAL=_NEUTRAL[code],
             BLOCK_N=block_n,
             BLOCK_B=block_b,
         )
@@ -353,10 +481,6 @@ class TritonLayer(NamedTuple):
     reduce: str
 
 
-# Reductions whose partial results over chunks combine by the same reduction.
-_CHUNKABLE = ("sum", "logsumexp")
-
-
 def _arange(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int32, device=device)
 
@@ -364,11 +488,10 @@ def _arange(n: int, device: torch.device) -> torch.Tensor:
 def layer_forward(values: torch.Tensor, layer: TritonLayer):
     """One layer's forward, split at hubs when the layer has a hub plan: each chunk of at
     most ``HUB_CHUNK`` edges is reduced by its own program, then each node's chunks are
-    combined (sum and logsumexp; other reductions run unsplit). Returns ``(out, aux, arg)``."""
-    if layer.chunk_offsets.numel() and layer.reduce in _CHUNKABLE:
-        partial, _, _ = layer_fwd(values, layer.child, layer.chunk_offsets, layer.reduce)
-        chunks = _arange(partial.shape[0], values.device)
-        return layer_fwd(partial, chunks, layer.chunk_of_node, layer.reduce)
+    combined. Returns ``(out, aux, arg)``."""
+    if layer.chunk_offsets.numel():
+        part = layer_fwd(values, layer.child, layer.chunk_offsets, layer.reduce, partial=True)
+        return layer_combine(part, layer.chunk_of_node, layer.offsets, layer.reduce)
     return layer_fwd(values, layer.child, layer.offsets, layer.reduce)
 
 

@@ -204,7 +204,9 @@ def test_layer_op_opcheck_vmap_and_compile():
     torch.testing.assert_close(compiled(x), triton_layer.layer(x, *index, "sum") * 2)
 
 
-@pytest.mark.parametrize("semiring", ["real", "log", "mpe"])
+@pytest.mark.parametrize(
+    "semiring", ["real", "log", "mpe", "godel", "fuzzy_product", "fuzzy_lukasiewicz"]
+)
 def test_hub_nodes_split_into_chunks(semiring):
     """An OR with 600 children and a literal read by 600 parents: both take the two-step
     (chunked) path, and agree with the PyTorch path."""
@@ -218,7 +220,7 @@ def test_hub_nodes_split_into_chunks(semiring):
         lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, 12)]
         terms.append(c.conjoin([c.literal(lit) for lit in lits]))
     c.add_root(c.disjoin(terms))
-    compiled = c.compile(smooth=semiring == "mpe")
+    compiled = c.compile(smooth=semiring in ("mpe", "godel"))
     assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
     assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
     p = random_weights(3, 12, 5, extremes=False)
@@ -229,4 +231,7 @@ def test_hub_nodes_split_into_chunks(semiring):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     (g,) = torch.autograd.grad(out.sum(), a)
     (g_ref,) = torch.autograd.grad(ref.sum(), b)
-    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
+    if semiring in ("mpe", "godel"):  # ties: routed to one child vs split (documented)
+        torch.testing.assert_close(g.sum(), g_ref.sum(), rtol=1e-9, atol=1e-12)
+    else:
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)

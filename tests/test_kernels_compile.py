@@ -28,26 +28,30 @@ def signature(kernel, dtype):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             int_ptr = name in ("child_ptr", "offsets_ptr", "arg_ptr", "row_child_ptr")
-            int_ptr = int_ptr or name.startswith("parent")
+            int_ptr = int_ptr or name.startswith("parent") or name.startswith("chunk")
+            int_ptr = int_ptr or name == "part_arg_ptr"
             sig[name] = "*i32" if int_ptr else f"*{dtype}"
         else:
             sig[name] = "i32"
     return sig
 
 target = GPUTarget("cuda", 90, 32)
-for kernel in (layer._layer_fwd_kernel, layer._layer_bwd_kernel):
+kernels = (layer._layer_fwd_kernel, layer._layer_combine_kernel, layer._layer_bwd_kernel)
+for kernel in kernels:
     for reduce, code in sorted(layer.TRITON_REDUCTIONS.items()):
         for block_n, block_b in ((128, 1), (16, 8), (4, 128)):
-            for dtype in ("fp32", "fp64"):
+            for flag in (False, True):
                 constexprs = {"REDUCE": code, "BLOCK_N": block_n, "BLOCK_B": block_b}
-                sig = signature(kernel, dtype)
-                virtual = (False, True) if "VIRTUAL_ROWS" in kernel.arg_names else (None,)
-                for virtual_rows in virtual:
-                    if virtual_rows is not None:
-                        constexprs["VIRTUAL_ROWS"] = virtual_rows
-                    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-                    compiled = triton.compile(src, target=target)
-                    assert compiled.asm["cubin"], (kernel.__name__, reduce, dtype)
+                optional = {"NEUTRAL": layer._NEUTRAL[code], "PARTIAL": flag, "VIRTUAL_ROWS": flag}
+                for name, value in optional.items():
+                    if name in kernel.arg_names:
+                        constexprs[name] = value
+                if not flag or "PARTIAL" in constexprs or "VIRTUAL_ROWS" in constexprs:
+                    for dtype in ("fp32", "fp64"):
+                        sig = signature(kernel, dtype)
+                        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+                        compiled = triton.compile(src, target=target)
+                        assert compiled.asm["cubin"], (kernel.__name__, reduce, dtype)
 print("compiled", sys.argv[1:])
 """
 

@@ -1,0 +1,198 @@
+"""Providers: the evaluators the harness compares, each reading the same SDD file.
+
+A provider's :meth:`~Provider.setup` loads the workload and returns ``fn(pos) -> out``, literal
+weights ``pos: [B, V]`` (probabilities, or log-probabilities in the log semiring; the negative
+literal gets the semiring's complement) to root values ``[B, num_roots]``. The harness times
+``setup`` plus the first call as the time to first result.
+
+- ``trilay``: ``CompiledCircuit.module(semiring)`` with its default backend (the Triton kernels
+  on GPU once they exist, the PyTorch path otherwise).
+- ``scatter``: :class:`benchmarks.scatter.ScatterCircuit`, gather + scatter reduce per layer.
+- ``naive``: :func:`trilay.engine.evaluate_naive`, one torch op per node.
+- ``klay`` / ``klay-compiled``: klaycircuits' torch module, eager / ``torch.compile``.
+- ``pysdd``: PySDD's C weighted model count, one ``propagate`` per batch row (CPU, forward).
+
+Every provider except naive and pysdd evaluates the circuit compiled with ``smooth=False``, the
+SDD as written: exact in the ``real`` and ``log`` semirings with complementary weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from trilay.engine import Circuit
+
+from .scatter import ScatterCircuit
+from .workloads import Workload
+
+#: Semirings every provider evaluates.
+SEMIRINGS = ("log", "real")
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Context:
+    """What a provider needs to know about one workload run."""
+
+    workload: Workload
+    semiring: str
+    device: torch.device
+    ir_nodes: int  # nodes of the loaded (uncompiled) circuit
+    naive_node_limit: int = 20_000
+
+
+class Provider:
+    """Base class: a named evaluator with its own skip rules."""
+
+    name = "?"
+    forward_only = False
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        """Why this provider cannot run this workload at all (``None``: it can)."""
+        return None
+
+    def mode_skip_reason(self, mode: str) -> str | None:
+        if self.forward_only and mode != "forward":
+            return "forward only"
+        return None
+
+    def setup(self, ctx: Context) -> Fn:
+        raise NotImplementedError
+
+
+def load_circuit(workload: Workload) -> Circuit:
+    circuit = Circuit()
+    circuit.add_sdd_file(workload.sdd, workload.vtree)
+    return circuit
+
+
+class TrilayProvider(Provider):
+    name = "trilay"
+
+    def setup(self, ctx: Context) -> Fn:
+        compiled = load_circuit(ctx.workload).compile(smooth=False).to(ctx.device)
+        return compiled.module(ctx.semiring)
+
+
+class ScatterProvider(Provider):
+    name = "scatter"
+
+    def setup(self, ctx: Context) -> Fn:
+        compiled = load_circuit(ctx.workload).compile(smooth=False).to(ctx.device)
+        return ScatterCircuit(compiled, ctx.semiring)
+
+
+class NaiveProvider(Provider):
+    name = "naive"
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.ir_nodes > ctx.naive_node_limit:
+            return f"{ctx.ir_nodes} IR nodes > naive limit {ctx.naive_node_limit}"
+        return None
+
+    def setup(self, ctx: Context) -> Fn:
+        from trilay.engine import evaluate_naive
+
+        circuit = load_circuit(ctx.workload)
+        semiring = ctx.semiring
+        return lambda pos: evaluate_naive(circuit, pos, semiring=semiring)
+
+
+class KlayProvider(Provider):
+    """klaycircuits' module; ``forward(x_pos: [B, V]) -> [B, roots]``.
+
+    KLay numbers its inputs by the SDD's literals, so extra trailing variables (declared by the
+    vtree but absent from the SDD) are simply never read.
+    """
+
+    def __init__(self, compiled: bool = False):
+        self.compiled = compiled
+        self.name = "klay-compiled" if compiled else "klay"
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        if importlib.util.find_spec("klay") is None:
+            return "klaycircuits not installed"
+        return None
+
+    def setup(self, ctx: Context) -> Fn:
+        import klay
+
+        if self.compiled:
+            # Each circuit is a fresh compile (an honest time to first result), and dynamo's
+            # default recompile limit (8 per code object) would otherwise fall back to eager
+            # silently after a few circuits and batch shapes.
+            import torch._dynamo
+
+            torch._dynamo.reset()
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        circuit = klay.Circuit()
+        circuit.add_sdd_from_file(str(ctx.workload.sdd))
+        module = circuit.to_torch_module(semiring=ctx.semiring, compile=self.compiled)
+        return module.to(ctx.device)
+
+
+class PysddProvider(Provider):
+    """PySDD's own weighted model count: ``set_literal_weights_from_array`` + ``propagate``
+    per batch row, in float64 (``log_mode`` in the log semiring)."""
+
+    name = "pysdd"
+    forward_only = True
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.device.type != "cpu":
+            return "CPU only"
+        return None
+
+    def setup(self, ctx: Context) -> Fn:
+        from pysdd.sdd import SddManager, Vtree
+
+        vtree = Vtree.from_file(str(ctx.workload.vtree).encode())
+        manager = SddManager.from_vtree(vtree)
+        root = manager.read_sdd_file(str(ctx.workload.sdd).encode())
+        log_mode = ctx.semiring == "log"
+        wmc = root.wmc(log_mode=log_mode)
+        keep = (vtree, manager, root)  # PySDD frees the manager with its last reference
+
+        def fn(pos: torch.Tensor) -> torch.Tensor:
+            x = pos.detach().cpu().double().numpy()
+            neg = _log1mexp(x) if log_mode else 1.0 - x
+            # PySDD's literal order: -V..-1, +1..+V.
+            weights = np.ascontiguousarray(np.concatenate([neg[:, ::-1], x], axis=1))
+            out = np.empty(weights.shape[0])
+            for row in range(weights.shape[0]):
+                wmc.set_literal_weights_from_array(weights[row])
+                out[row] = wmc.propagate()
+            assert keep
+            return torch.from_numpy(out).to(pos.dtype)[:, None]
+
+        return fn
+
+
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(
+            x > -math.log(2.0), np.log(-np.expm1(np.minimum(x, 0.0))), np.log1p(-np.exp(x))
+        )
+
+
+def all_providers() -> dict[str, Provider]:
+    """Every provider by name, in table order."""
+    providers = [
+        TrilayProvider(),
+        ScatterProvider(),
+        NaiveProvider(),
+        KlayProvider(compiled=False),
+        KlayProvider(compiled=True),
+        PysddProvider(),
+    ]
+    return {p.name: p for p in providers}
+
+
+#: The providers of ``--quick`` (klay-compiled costs minutes of compilation per circuit).
+QUICK_PROVIDERS = ("trilay", "scatter", "naive", "klay", "pysdd")

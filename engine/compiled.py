@@ -42,6 +42,7 @@ class Layer:
     parent_offsets: torch.Tensor  # [n_below + 1]
     parent: torch.Tensor  # [E] node of this layer, edges in child order
     parent_edge: torch.Tensor  # [E] edge id, edges in child order
+    edge_parent: torch.Tensor  # [E] node of this layer, edges in their own order
     chunk_offsets: torch.Tensor  # [S + 1] or empty
     chunk_of_node: torch.Tensor  # [n + 1] or empty
     parent_chunk_offsets: torch.Tensor  # [T + 1] or empty
@@ -74,6 +75,7 @@ class Layer:
             parent_offsets=as_int32(parent_offsets),
             parent=as_int32(parent_of_edge[by_child]),
             parent_edge=as_int32(by_child),
+            edge_parent=as_int32(parent_of_edge),
             chunk_offsets=as_int32(chunk_offsets),
             chunk_of_node=as_int32(chunk_of_node),
             parent_chunk_offsets=as_int32(parent_chunk_offsets),

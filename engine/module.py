@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from trilay.kernels.reference import circuit_forward_torch
+from trilay.kernels.reference import TorchLayer, circuit_forward_torch
 
 from .compiled import CompiledCircuit, Layer
 from .errors import DeviceError, DTypeError, MemoryBudgetError, SemiringError, ShapeError
@@ -165,16 +165,20 @@ class CircuitModule(torch.nn.Module):
             except ImportError as err:
                 raise DeviceError(f"the Triton backend cannot run: {err}") from err
             layers = [
-                TritonLayer(**layer.tensors(), reduce=reductions[layer.kind])
+                TritonLayer(
+                    **{f: getattr(layer, f) for f in TritonLayer._fields if f != "reduce"},
+                    reduce=reductions[layer.kind],
+                )
                 for layer in map(self.layer, range(len(self.layer_kinds)))
             ]
             return circuit_forward_triton(inputs, layers)
         layers = [
-            (
+            TorchLayer(
                 layer.child,
                 layer.offsets,
                 reductions[layer.kind],
-                (layer.parent_edge, layer.parent_offsets),
+                transpose=(layer.parent_edge, layer.parent_offsets),
+                segment=layer.edge_parent,
             )
             for layer in map(self.layer, range(len(self.layer_kinds)))
         ]

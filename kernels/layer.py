@@ -46,6 +46,29 @@ _NEEDS_ARG = (_PROD, _MAX, _MIN, _PROB_SUM)
 
 
 @triton.jit
+def _tile(offsets_ptr, n, batch, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's rows and batch columns, their masks, and each row's CSR segment."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < n
+    col_mask = cols < batch
+    start = tl.load(offsets_ptr + rows, mask=row_mask, other=0)
+    length = tl.load(offsets_ptr + rows + 1, mask=row_mask, other=0) - start
+    where = rows[:, None].to(tl.int64) * batch + cols[None, :]
+    return cols, row_mask, col_mask, start, length, where
+
+
+@triton.jit
+def _store(out_ptr, aux_ptr, arg_ptr, where, mask, out, aux, arg, REDUCE: tl.constexpr):
+    """Write a node tile's value and, where the reduction has them, its aux and arg."""
+    tl.store(out_ptr + where, out, mask=mask)
+    if REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7:
+        tl.store(aux_ptr + where, aux, mask=mask)
+    if REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7:
+        tl.store(arg_ptr + where, arg, mask=mask)
+
+
+@triton.jit
 def _step(acc, total, zeros, nonzero, arg, x, candidate, REDUCE: tl.constexpr):
     """Fold one child value ``x`` (edge ``candidate``) into the running state."""
     if REDUCE == 0 or REDUCE == 5 or REDUCE == 6:
@@ -112,12 +135,7 @@ def _layer_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    nodes = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    node_mask = nodes < n
-    col_mask = cols < batch
-    start = tl.load(offsets_ptr + nodes, mask=node_mask, other=0)
-    length = tl.load(offsets_ptr + nodes + 1, mask=node_mask, other=0) - start
+    cols, node_mask, col_mask, start, length, where = _tile(offsets_ptr, n, batch, BLOCK_N, BLOCK_B)
     tile_mask = node_mask[:, None] & col_mask[None, :]
     dtype = values_ptr.dtype.element_ty
 
@@ -137,7 +155,6 @@ def _layer_fwd_kernel(
             acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
         )
 
-    where = nodes[:, None].to(tl.int64) * batch + cols[None, :]
     if PARTIAL:
         if REDUCE == 2:
             acc = acc + tl.log(total)  # partial logsumexps combine by logsumexp
@@ -148,11 +165,7 @@ def _layer_fwd_kernel(
         tl.store(arg_ptr + where, arg, mask=tile_mask)
     else:
         out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
-        tl.store(out_ptr + where, out, mask=tile_mask)
-        if REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7:
-            tl.store(aux_ptr + where, aux, mask=tile_mask)
-        if REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7:
-            tl.store(arg_ptr + where, arg, mask=tile_mask)
+        _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE)
 
 
 @triton.jit
@@ -172,15 +185,11 @@ def _layer_combine_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    nodes = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    node_mask = nodes < n
-    col_mask = cols < batch
+    cols, node_mask, col_mask, first, count, where = _tile(
+        chunk_of_node_ptr, n, batch, BLOCK_N, BLOCK_B
+    )
+    _, _, _, start, length, _ = _tile(offsets_ptr, n, batch, BLOCK_N, BLOCK_B)
     tile_mask = node_mask[:, None] & col_mask[None, :]
-    first = tl.load(chunk_of_node_ptr + nodes, mask=node_mask, other=0)
-    count = tl.load(chunk_of_node_ptr + nodes + 1, mask=node_mask, other=0) - first
-    start = tl.load(offsets_ptr + nodes, mask=node_mask, other=0)
-    length = tl.load(offsets_ptr + nodes + 1, mask=node_mask, other=0) - start
     dtype = part_out_ptr.dtype.element_ty
 
     acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
@@ -206,12 +215,7 @@ def _layer_combine_kernel(
             )
 
     out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
-    where = nodes[:, None].to(tl.int64) * batch + cols[None, :]
-    tl.store(out_ptr + where, out, mask=tile_mask)
-    if REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7:
-        tl.store(aux_ptr + where, aux, mask=tile_mask)
-    if REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7:
-        tl.store(arg_ptr + where, arg, mask=tile_mask)
+    _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE)
 
 
 # d out[p] / d x[c] for an edge p -> c, by reduction (o = out[p], x = x[c]):
@@ -242,15 +246,12 @@ def _layer_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < n_rows
-    col_mask = cols < batch
+    cols, row_mask, col_mask, start, count, where = _tile(
+        parent_offsets_ptr, n_rows, batch, BLOCK_N, BLOCK_B
+    )
     tile_mask = row_mask[:, None] & col_mask[None, :]
-    start = tl.load(parent_offsets_ptr + rows, mask=row_mask, other=0)
-    count = tl.load(parent_offsets_ptr + rows + 1, mask=row_mask, other=0) - start
-    where = rows[:, None].to(tl.int64) * batch + cols[None, :]
     if VIRTUAL_ROWS:
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         child = tl.load(row_child_ptr + rows, mask=row_mask, other=0).to(tl.int64)
         x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=tile_mask, other=1.0)
     else:

@@ -314,6 +314,29 @@ def _tiles(batch: int) -> tuple[int, int]:
     return max(4, 128 // block_b), block_b
 
 
+def _outputs(n: int, like: torch.Tensor, with_aux: bool, with_arg: bool):
+    """``(out, aux, arg)`` for ``n`` rows of ``like``'s batch, dtype and device; aux and arg
+    only where asked (``None`` otherwise)."""
+    shape, device = (n, like.shape[1]), like.device
+    out = _empty(*shape, dtype=like.dtype, device=device)
+    aux = _empty(*shape, dtype=like.dtype, device=device) if with_aux else None
+    arg = _empty(*shape, dtype=torch.int32, device=device) if with_arg else None
+    return out, aux, arg
+
+
+def _or(tensor: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
+    """A pointer argument the kernel does not touch for this reduction still needs a tensor."""
+    return placeholder if tensor is None else tensor
+
+
+def _launch(kernel, n: int, batch: int, args: tuple, **constexprs) -> None:
+    """Launch ``kernel`` over tiles of ``n`` rows x ``batch`` columns (nothing when empty)."""
+    if n and batch:
+        block_n, block_b = _tiles(batch)
+        grid = (triton.cdiv(n, block_n), triton.cdiv(batch, block_b))
+        kernel[grid](*args, n, batch, BLOCK_N=block_n, BLOCK_B=block_b, **constexprs)
+
+
 def _check_device(t: torch.Tensor) -> None:
     if t.device.type == "cpu" and not _interpreting():
         raise DeviceError(
@@ -353,31 +376,20 @@ def layer_fwd(
     code = _code(reduce)
     _check_device(values)
     values = values.contiguous()
-    n, batch = offsets.numel() - 1, values.shape[1]
-    out = _empty(n, batch, dtype=values.dtype, device=values.device)
-    keep_aux = partial or code in _NEEDS_AUX
-    keep_arg = partial or code in _NEEDS_ARG
-    aux = _empty(n, batch, dtype=values.dtype, device=values.device) if keep_aux else out
-    arg = _empty(n, batch, dtype=torch.int32, device=values.device) if keep_arg else child
-    if n and batch:
-        block_n, block_b = _tiles(batch)
-        grid = (triton.cdiv(n, block_n), triton.cdiv(batch, block_b))
-        _layer_fwd_kernel[grid](
-            values,
-            child,
-            offsets,
-            out,
-            aux,
-            arg,
-            n,
-            batch,
-            REDUCE=code,
-            NEUTRAL=_NEUTRAL[code],
-            PARTIAL=partial,
-            BLOCK_N=block_n,
-            BLOCK_B=block_b,
-        )
-    return out, (aux if keep_aux else None), (arg if keep_arg else None)
+    n = offsets.numel() - 1
+    out, aux, arg = _outputs(
+        n, values, partial or code in _NEEDS_AUX, partial or code in _NEEDS_ARG
+    )
+    _launch(
+        _layer_fwd_kernel,
+        n,
+        values.shape[1],
+        (values, child, offsets, out, _or(aux, out), _or(arg, child)),
+        REDUCE=code,
+        NEUTRAL=_NEUTRAL[code],
+        PARTIAL=partial,
+    )
+    return out, aux, arg
 
 
 def layer_combine(part, chunk_of_node: torch.Tensor, offsets: torch.Tensor, reduce: str):
@@ -385,38 +397,26 @@ def layer_combine(part, chunk_of_node: torch.Tensor, offsets: torch.Tensor, redu
     each node's ``(out, aux, arg)``, exactly as the unsplit kernel computes them."""
     code = _code(reduce)
     part_out, part_aux, part_arg = part
-    n, batch = offsets.numel() - 1, part_out.shape[1]
-    out = _empty(n, batch, dtype=part_out.dtype, device=part_out.device)
-    aux = (
-        _empty(n, batch, dtype=part_out.dtype, device=part_out.device)
-        if code in _NEEDS_AUX
-        else out
-    )
-    arg = (
-        _empty(n, batch, dtype=torch.int32, device=part_out.device)
-        if code in _NEEDS_ARG
-        else part_arg
-    )
-    if n and batch:
-        block_n, block_b = _tiles(batch)
-        grid = (triton.cdiv(n, block_n), triton.cdiv(batch, block_b))
-        _layer_combine_kernel[grid](
+    n = offsets.numel() - 1
+    out, aux, arg = _outputs(n, part_out, code in _NEEDS_AUX, code in _NEEDS_ARG)
+    _launch(
+        _layer_combine_kernel,
+        n,
+        part_out.shape[1],
+        (
             part_out,
             part_aux,
             part_arg,
             chunk_of_node,
             offsets,
             out,
-            aux,
-            arg,
-            n,
-            batch,
-            REDUCE=code,
-            NEUTRAL=_NEUTRAL[code],
-            BLOCK_N=block_n,
-            BLOCK_B=block_b,
-        )
-    return out, (aux if code in _NEEDS_AUX else None), (arg if code in _NEEDS_ARG else None)
+            _or(aux, out),
+            _or(arg, part_arg),
+        ),
+        REDUCE=code,
+        NEUTRAL=_NEUTRAL[code],
+    )
+    return out, aux, arg
 
 
 def layer_bwd(
@@ -439,29 +439,18 @@ def layer_bwd(
     """
     code = _code(reduce)
     grad_out = grad_out.contiguous()
-    n_rows, batch = parent_offsets.numel() - 1, values.shape[1]
-    grad_in = _empty(n_rows, batch, dtype=values.dtype, device=values.device)
-    if n_rows and batch:
-        block_n, block_b = _tiles(batch)
-        grid = (triton.cdiv(n_rows, block_n), triton.cdiv(batch, block_b))
-        _layer_bwd_kernel[grid](
-            grad_out,
-            out,
-            out if aux is None else aux,
-            parent_edge if arg is None else arg,
-            values,
-            parent_edge,
-            parent,
-            parent_offsets,
-            parent_edge if row_child is None else row_child,
-            grad_in,
-            n_rows,
-            batch,
-            REDUCE=code,
-            VIRTUAL_ROWS=row_child is not None,
-            BLOCK_N=block_n,
-            BLOCK_B=block_b,
-        )
+    n_rows = parent_offsets.numel() - 1
+    grad_in, _, _ = _outputs(n_rows, values, False, False)
+    args = (grad_out, out, _or(aux, out), _or(arg, parent_edge), values, parent_edge, parent)
+    args += (parent_offsets, _or(row_child, parent_edge), grad_in)
+    _launch(
+        _layer_bwd_kernel,
+        n_rows,
+        values.shape[1],
+        args,
+        REDUCE=code,
+        VIRTUAL_ROWS=row_child is not None,
+    )
     return grad_in
 
 

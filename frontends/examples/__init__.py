@@ -1,0 +1,1 @@
+"""Runnable examples of the frontends: ``python -m trilay.frontends.examples.<name>``."""

@@ -27,7 +27,8 @@ class Layer:
     lists, for each node ``j`` of the layer below, the edges that read it,
     ``parent_edge[parent_offsets[j]:parent_offsets[j+1]]`` (ascending), and the nodes of this
     layer they belong to, ``parent[...]`` over the same range: a backward pass walks it without
-    atomics. All index tensors are int32.
+    atomics. Index tensors are int32, but ``edge_parent`` (each edge's node, the PyTorch path's
+    scatter index), which is int64 because torch's scatter ops take no other.
 
     Hub plans (empty when no node has more than :data:`HUB_CHUNK` edges): ``chunk_offsets``
     cuts the edge CSR into chunks of at most ``HUB_CHUNK`` edges, node ``i`` owning chunks
@@ -42,7 +43,7 @@ class Layer:
     parent_offsets: torch.Tensor  # [n_below + 1]
     parent: torch.Tensor  # [E] node of this layer, edges in child order
     parent_edge: torch.Tensor  # [E] edge id, edges in child order
-    edge_parent: torch.Tensor  # [E] node of this layer, edges in their own order
+    edge_parent: torch.Tensor  # [E] int64 node of this layer, edges in their own order
     chunk_offsets: torch.Tensor  # [S + 1] or empty
     chunk_of_node: torch.Tensor  # [n + 1] or empty
     parent_chunk_offsets: torch.Tensor  # [T + 1] or empty
@@ -75,7 +76,7 @@ class Layer:
             parent_offsets=as_int32(parent_offsets),
             parent=as_int32(parent_of_edge[by_child]),
             parent_edge=as_int32(by_child),
-            edge_parent=as_int32(parent_of_edge),
+            edge_parent=torch.from_numpy(parent_of_edge.astype(np.int64)),
             chunk_offsets=as_int32(chunk_offsets),
             chunk_of_node=as_int32(chunk_of_node),
             parent_chunk_offsets=as_int32(parent_chunk_offsets),
@@ -84,12 +85,15 @@ class Layer:
         )
 
     @classmethod
-    def index_names(cls) -> list[str]:
+    def index_names(cls) -> tuple[str, ...]:
         """Names of the index tensors (every field but ``kind``)."""
-        return [f.name for f in fields(cls) if f.name != "kind"]
+        return _INDEX_NAMES
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.index_names()}
+
+
+_INDEX_NAMES = tuple(f.name for f in fields(Layer) if f.name != "kind")
 
 
 def _hub_plan(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -80,9 +80,10 @@ class CircuitModule(torch.nn.Module):
 
     def layer(self, k: int) -> Layer:
         """Layer ``k`` (0-based over the reduction layers) as views of this module's buffers."""
+        buffers = self._buffers  # direct: Module.__getattr__ costs microseconds per layer
         return Layer(
             kind=self.layer_kinds[k],
-            **{name: getattr(self, f"layer{k}_{name}") for name in Layer.index_names()},
+            **{name: buffers[f"layer{k}_{name}"] for name in Layer.index_names()},
         )
 
     @property

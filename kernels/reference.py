@@ -58,7 +58,7 @@ def segment_reduce_torch(
         segment = torch.repeat_interleave(
             torch.arange(n, device=src.device), lengths, output_size=src.shape[0]
         )
-    segment = segment.long()
+    segment = segment.long()  # a no-op for the int64 ids compiled layers carry
     if reduce == "logsumexp":
         return _logsumexp(src, segment, n)
     if reduce == "lukasiewicz_and":
@@ -89,7 +89,14 @@ def _logsumexp(src: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor
     # on the shift). All -inf segments get shift 0 so that x - shift stays -inf, not NaN.
     shift = _fold(src.detach(), segment, n, "max").nan_to_num(neginf=0.0)
     total = _fold(torch.exp(src - shift.index_select(0, segment)), segment, n, "sum")
-    return _LogOfSum.apply(total) + shift
+    log_total = _LogOfSum.apply(total) if _needs_grad(total) else torch.log(total)
+    return log_total + shift
+
+
+def _needs_grad(t: torch.Tensor) -> bool:
+    # A custom autograd Function costs tens of microseconds per call even without autograd:
+    # use one only when a backward will run.
+    return t.requires_grad and torch.is_grad_enabled()
 
 
 class _LogOfSum(torch.autograd.Function):
@@ -146,7 +153,7 @@ def gather_rows(
     offsets over ``values``' rows, the backward is a gather + segment sum instead of a
     scatter-add.
     """
-    if transpose is None:
+    if transpose is None or not _needs_grad(values):
         return values.index_select(0, child)
     return _GatherRows.apply(values, child, *transpose)
 

@@ -4,8 +4,9 @@ This is how KLay evaluates a layered circuit: per layer, ``index_select`` gather
 child value (``[E, B]``), then ``index_add`` / ``scatter_reduce`` folds the edges into their
 parent nodes (``[n, B]``), and autograd differentiates it (a scatter-add in the backward of the
 gather). It is trilay's plain-torch reference op (:mod:`trilay.kernels.reference`) run over
-trilay's compiled layers without the transposed-CSR backward: on the CPU it is close to
-trilay's own CPU path; on a GPU it is the baseline trilay's Triton kernels are measured against.
+trilay's compiled layers: on the CPU it is the computation trilay's own CPU path runs (they
+differ by the module's input checks and caching); on a GPU it is the baseline trilay's Triton
+kernels are measured against.
 """
 
 from __future__ import annotations

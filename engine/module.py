@@ -72,6 +72,7 @@ class CircuitModule(torch.nn.Module):
         self.memory_budget_mb = memory_budget_mb
         self.cuda_graphs = cuda_graphs
         self._graphs: dict[tuple, object] = {}
+        self._backend_layers: dict[str, list] = {}  # filled by _evaluate
         # Sizes as Python ints: the budget check reads no device memory.
         self._layer_sizes = [(layer.num_nodes, layer.num_edges) for layer in compiled.layers]
         for k, layer in enumerate(compiled.layers):
@@ -159,31 +160,44 @@ class CircuitModule(torch.nn.Module):
 
     def _evaluate(self, inputs: torch.Tensor) -> torch.Tensor:
         """Run the layers on ``inputs: [2V + 2, batch]`` with the chosen backend."""
+        backend = self.backend_for(inputs.device)
+        layers = self._backend_layers.get(backend)
+        if layers is None:
+            layers = self._backend_layers[backend] = self._layers_for(backend)
+        if backend == "triton":
+            from trilay.kernels.layer import circuit_forward_triton
+
+            return circuit_forward_triton(inputs, layers)
+        return circuit_forward_torch(inputs, layers)
+
+    def _layers_for(self, backend: str) -> list:
+        """The layers as the backend's op takes them, built once per backend and device."""
         reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
-        if self.backend_for(inputs.device) == "triton":
+        layers = map(self.layer, range(len(self.layer_kinds)))
+        if backend == "triton":
             try:
-                from trilay.kernels.layer import TritonLayer, circuit_forward_triton
+                from trilay.kernels.layer import TritonLayer
             except ImportError as err:
                 raise DeviceError(f"the Triton backend cannot run: {err}") from err
-            layers = [
-                TritonLayer(
-                    **{f: getattr(layer, f) for f in TritonLayer._fields if f != "reduce"},
-                    reduce=reductions[layer.kind],
-                )
-                for layer in map(self.layer, range(len(self.layer_kinds)))
+            fields = [f for f in TritonLayer._fields if f != "reduce"]
+            return [
+                TritonLayer(**{f: getattr(layer, f) for f in fields}, reduce=reductions[layer.kind])
+                for layer in layers
             ]
-            return circuit_forward_triton(inputs, layers)
-        layers = [
-            TorchLayer(
-                layer.child,
-                layer.offsets,
-                reductions[layer.kind],
-                transpose=(layer.parent_edge, layer.parent_offsets),
-                segment=layer.edge_parent,
-            )
-            for layer in map(self.layer, range(len(self.layer_kinds)))
+        return [
+            TorchLayer(layer.child, layer.offsets, reductions[layer.kind], layer.edge_parent)
+            for layer in layers
         ]
-        return circuit_forward_torch(inputs, layers)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .double() replace the buffers: cached layer views and graphs are stale.
+        self._backend_layers, self._graphs = {}, {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # load_state_dict(assign=True) replaces the buffers too.
+        self._backend_layers, self._graphs = {}, {}
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def _check_inputs(self, pos, neg) -> torch.dtype:
         for name, x in (("pos", pos), ("neg", neg)):

@@ -8,7 +8,6 @@ from . import errors
 from .reference import (
     REDUCTIONS,
     circuit_forward_torch,
-    gather_rows,
     layer_forward_torch,
     segment_reduce_torch,
 )
@@ -16,7 +15,6 @@ from .reference import (
 __all__ = [
     "REDUCTIONS",
     "circuit_forward_torch",
-    "gather_rows",
     "layer_forward_torch",
     "segment_reduce_torch",
     "errors",

@@ -117,53 +117,11 @@ class _LogOfSum(torch.autograd.Function):
         return torch.where(total > 0, grad / total, torch.zeros_like(grad))
 
 
-class _GatherRows(torch.autograd.Function):
-    """``values[child]`` whose backward is a segment sum over the transposed CSR.
-
-    ``d values[j] = sum(grad[e] for e in parent_edge[parent_offsets[j]:parent_offsets[j+1]])``:
-    deterministic and without the serialized scatter-add of ``index_select``'s backward, which
-    is slow for narrow rows (batch 1).
-    """
-
-    @staticmethod
-    def forward(ctx, values, child, parent_edge, parent_offsets):
-        ctx.save_for_backward(parent_edge, parent_offsets)
-        return values.index_select(0, child)
-
-    @staticmethod
-    def backward(ctx, grad):
-        parent_edge, parent_offsets = ctx.saved_tensors
-        by_child = grad.index_select(0, parent_edge)
-        return (
-            torch.segment_reduce(by_child, "sum", offsets=parent_offsets, axis=0, unsafe=True),
-            None,
-            None,
-            None,
-        )
-
-
-def gather_rows(
-    values: torch.Tensor,
-    child: torch.Tensor,
-    transpose: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``values[child]`` (``[n_prev, B]`` -> ``[E, B]``).
-
-    With ``transpose = (parent_edge, parent_offsets)``, the child-sorted edge ids and their CSR
-    offsets over ``values``' rows, the backward is a gather + segment sum instead of a
-    scatter-add.
-    """
-    if transpose is None or not _needs_grad(values):
-        return values.index_select(0, child)
-    return _GatherRows.apply(values, child, *transpose)
-
-
 def layer_forward_torch(
     values: torch.Tensor,
     child: torch.Tensor,
     offsets: torch.Tensor,
     reduce: str,
-    transpose: tuple[torch.Tensor, torch.Tensor] | None = None,
     segment: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One circuit layer: ``out[i] = reduce(values[child[offsets[i]:offsets[i+1]]])``.
@@ -173,13 +131,14 @@ def layer_forward_torch(
         child: ``[E]`` int32/int64 row of ``values`` each edge reads.
         offsets: ``[n + 1]`` int32/int64 CSR offsets of each node's edges.
         reduce: one of :data:`REDUCTIONS`.
-        transpose: optional ``(parent_edge, parent_offsets)``, see :func:`gather_rows`.
         segment: optional ``[E]`` node of each edge, see :func:`segment_reduce_torch`.
 
     Returns:
         ``[n, B]`` in ``values.dtype``.
     """
-    return segment_reduce_torch(gather_rows(values, child, transpose), offsets, reduce, segment)
+    # index_select's backward is an index_add over the edges: on the CPU it is sequential (so
+    # deterministic) and measured faster than a segment sum over the transposed CSR.
+    return segment_reduce_torch(values.index_select(0, child), offsets, reduce, segment)
 
 
 class TorchLayer(NamedTuple):
@@ -189,7 +148,6 @@ class TorchLayer(NamedTuple):
     child: torch.Tensor
     offsets: torch.Tensor
     reduce: str
-    transpose: tuple[torch.Tensor, torch.Tensor] | None = None
     segment: torch.Tensor | None = None
 
 

@@ -112,6 +112,21 @@ def test_to_device_moves_buffers(compiled):
     assert meta.device.type == "meta"
 
 
+def test_evaluating_after_a_move_uses_the_moved_buffers(compiled):
+    # The module caches its layer views on first use; a move must not leave them behind.
+    module = compiled.module("real")
+    pos = random_weights(3, 6, 4)
+    torch.testing.assert_close(module(pos), expected(pos))
+    out = module.to("meta")(pos.to("meta"))
+    assert out.device.type == "meta" and out.shape == (3, 2)
+    module = compiled.module("real")
+    torch.testing.assert_close(module(pos), expected(pos))
+    stale_views = module._backend_layers["torch"]
+    module.load_state_dict(compiled.module("real").state_dict(), assign=True)
+    torch.testing.assert_close(module(pos), expected(pos))
+    assert module._backend_layers["torch"] is not stale_views
+
+
 def test_errors(compiled, tmp_path):
     module = compiled.module("real")
     with pytest.raises(ShapeError, match=r"\[\.\.\., 6\]"):

@@ -7,7 +7,6 @@ import torch
 from trilay.kernels.errors import SemiringError
 from trilay.kernels.reference import (
     REDUCTIONS,
-    gather_rows,
     layer_forward_torch,
     segment_reduce_torch,
 )
@@ -102,21 +101,3 @@ def test_layer_forward_gathers_then_reduces():
 def test_unknown_reduction():
     with pytest.raises(SemiringError, match="unknown reduction 'mean'"):
         segment_reduce_torch(torch.zeros(2, 1), torch.tensor([0, 2]), "mean")
-
-
-def test_gather_rows_transposed_backward_matches_index_select():
-    g = torch.Generator().manual_seed(3)
-    values = torch.rand(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    child = torch.tensor([4, 0, 4, 8, 2, 4, 0, 7], dtype=torch.int32)  # rows 1, 3, 5, 6 unread
-    parent_edge = torch.argsort(child, stable=True).to(torch.int32)
-    parent_offsets = torch.zeros(10, dtype=torch.int32)
-    parent_offsets[1:] = torch.cumsum(torch.bincount(child, minlength=9), 0)
-    out = gather_rows(values, child, (parent_edge, parent_offsets))
-    torch.testing.assert_close(out, values[child.long()])
-    cot = torch.rand(out.shape, generator=g, dtype=torch.float64)
-    (grad,) = torch.autograd.grad((out * cot).sum(), values)
-    (expected,) = torch.autograd.grad((values.index_select(0, child) * cot).sum(), values)
-    torch.testing.assert_close(grad, expected)
-    assert torch.autograd.gradcheck(
-        lambda v: gather_rows(v, child, (parent_edge, parent_offsets)), (values,)
-    )

@@ -1,0 +1,258 @@
+"""The DeepProbLog model: networks feed one batched circuit per set of query templates.
+
+A query names its tensor inputs by constants (``addition(a, b, 7)``); the call supplies, per
+name, a tensor whose row ``i`` belongs to query ``i``. The ground structure of a query depends
+only on its text, so the text is the cache key: a query is grounded and compiled once (with
+the other new queries of its batch, into one multi-rooted circuit), and every later batch row
+with that text, whatever its images, reuses the root. A batch runs each network once over all
+the inputs it needs, and each circuit once over its rows, batch on the fast axis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+from problog.logic import Term
+from trilay.engine.errors import ShapeError
+
+from .errors import (
+    InconsistentEvidenceError,
+    NetworkOutputError,
+    UnknownInput,
+    UnknownNetwork,
+    UnsupportedConstruct,
+)
+from .program import Program, QueryCircuit
+
+#: What the networks return: probabilities (softmax / sigmoid outputs, DeepProbLog's
+#: convention) or log-probabilities (log_softmax / logsigmoid: exact for tiny probabilities).
+OUTPUTS = ("probs", "log_probs")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+class Model(torch.nn.Module):
+    """A DeepProbLog program with its networks, evaluated by trilay circuits.
+
+    Args:
+        program: ProbLog text with neural predicates ``nn(Net, [X], Y, [d1, ..., dn]) :: h(X, Y).``
+            (one categorical choice per input ``X``) and ``nn(Net, [X]) :: h(X).`` (a
+            probability), or a path to a ``.pl`` file.
+        networks: ``{name: torch.nn.Module}``. Network ``Net`` maps the input tensors of a
+            ground atom, ``[rows, ...]`` each, to ``[rows, n]`` (``nn/4``) or ``[rows]`` /
+            ``[rows, 1]`` (``nn/2``).
+        outputs: ``"probs"`` or ``"log_probs"`` (see :data:`OUTPUTS`).
+        check_outputs: check every network output is a distribution over its declared domain
+            (one host sync per network call; turn off once a model is known to be right).
+        tolerance: how far a distribution's sum may be from 1.
+
+    Raises:
+        UnknownNetwork: a neural predicate names a network not in ``networks``.
+        UnsupportedConstruct: see :class:`~trilay.frontends.deepproblog.program.Program`.
+    """
+
+    def __init__(
+        self,
+        program: str | os.PathLike | Program,
+        networks: Mapping[str, torch.nn.Module] | None = None,
+        *,
+        outputs: str = "probs",
+        check_outputs: bool = True,
+        tolerance: float = 1e-4,
+    ):
+        super().__init__()
+        if outputs not in OUTPUTS:
+            raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
+        self.program = program if isinstance(program, Program) else Program(program)
+        self.networks = torch.nn.ModuleDict(dict(networks or {}))
+        for name, pred in self.program.neural.items():
+            if name not in self.networks:
+                raise UnknownNetwork(
+                    f"line {pred.line}: neural predicate uses network {name!r}, not among the "
+                    f"registered networks {sorted(self.networks)}"
+                )
+        self.outputs = outputs
+        self.check_outputs = check_outputs
+        self.tolerance = tolerance
+        self.circuits = torch.nn.ModuleList()
+        self._where: dict[str, tuple[int, int]] = {}  # query text -> (circuit, column)
+
+    # ------------------------------------------------------------------ compiling
+    def prepare(self, queries: Sequence[str | Term]) -> None:
+        """Ground and compile the queries not compiled yet, together, into one new circuit
+        (call it with every query a training run will ask to get a single circuit)."""
+        new = []
+        for q in queries:
+            text = _canonical(q)
+            if text not in self._where and text not in new:
+                new.append(text)
+        if not new:
+            return
+        circuit = self.program.compile([Term.from_string(t) for t in new])
+        columns = {name: k for k, name in enumerate(circuit.names)}
+        for text in new:
+            self._where[text] = (len(self.circuits), columns[text])
+        self.circuits.append(circuit.to(self._device()))
+
+    def _device(self) -> torch.device:
+        for p in self.networks.parameters():
+            return p.device
+        for circuit in self.circuits:
+            return circuit.index.device
+        return torch.device("cpu")
+
+    # ------------------------------------------------------------------ evaluation
+    def log_prob(
+        self,
+        queries: Sequence[str | Term] | Sequence[Sequence[str | Term]],
+        inputs: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``log P(q_i | evidence)`` of each query: ``[batch]`` for a list of queries,
+        ``[batch, k]`` for a list of ``k``-query lists. ``inputs[name]: [batch, ...]`` are the
+        tensors the queries name, row ``i`` for query (list) ``i``."""
+        nested = len(queries) > 0 and not isinstance(queries[0], (str, Term))
+        rows = [list(q) for q in queries] if nested else [[q] for q in queries]
+        width = len(rows[0]) if rows else 0
+        if any(len(r) != width for r in rows):
+            raise ShapeError("every batch row must ask the same number of queries")
+        texts = [_canonical(q) for r in rows for q in r]
+        inputs = dict(inputs or {})
+        batch = len(rows)
+        for name, tensor in inputs.items():
+            if tensor.shape[0] != batch:
+                raise ShapeError(
+                    f"input {name!r} has {tensor.shape[0]} rows for a batch of {batch} queries"
+                )
+        self.prepare(texts)
+        device = self._device()
+        groups: dict[int, list[int]] = {}
+        for flat, text in enumerate(texts):
+            groups.setdefault(self._where[text][0], []).append(flat)
+        outputs = self._run_networks([self.circuits[c] for c in groups], inputs, batch)
+        dtype = torch.get_default_dtype()
+        if outputs:
+            dtype = next(iter(outputs.values())).dtype
+        result = torch.empty(len(texts), dtype=dtype, device=device)
+        for c, flats in groups.items():
+            circuit: QueryCircuit = self.circuits[c]
+            flat = torch.tensor(flats, device=device)
+            row = flat // max(width, 1)
+            blocks = [outputs[b][row] for b in circuit.blocks]
+            log_p = circuit(blocks, len(flats), dtype)  # [n, num_queries]
+            column = torch.tensor([self._where[texts[f]][1] for f in flats], device=device)
+            result = result.index_put((flat,), log_p.gather(1, column[:, None])[:, 0])
+        return result.reshape(batch, width) if nested else result
+
+    def forward(self, queries, inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``P(q_i | evidence)``, shaped as :meth:`log_prob`."""
+        return self.log_prob(queries, inputs).exp()
+
+    def loss(self, queries, inputs=None, reduction: str = "mean") -> torch.Tensor:
+        """Negative log-likelihood ``-log P(q_i | evidence)`` of queries known to be true
+        (``reduction``: ``"mean"``, ``"sum"`` or ``"none"``)."""
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        nll = -self.log_prob(queries, inputs)
+        return nll if reduction == "none" else getattr(nll, reduction)()
+
+    # ------------------------------------------------------------------ networks
+    def _run_networks(
+        self, circuits: list[QueryCircuit], inputs: Mapping[str, torch.Tensor], batch: int
+    ) -> dict[tuple[str, tuple[str, ...]], torch.Tensor]:
+        """Each network once over every input block the circuits need (the blocks stacked
+        along the batch axis) -> ``{(network, input names): [batch, width] log-probs}``."""
+        needed: dict[str, list[tuple[str, ...]]] = {}
+        for circuit in circuits:
+            for network, names in circuit.blocks:
+                if names not in needed.setdefault(network, []):
+                    needed[network].append(names)
+        result = {}
+        for network, slots in needed.items():
+            for names in slots:
+                for name in names:
+                    if name not in inputs:
+                        raise UnknownInput(
+                            f"network {network!r} needs input {name!r}; the call gave "
+                            f"{sorted(inputs)}"
+                        )
+            args = [torch.cat([inputs[names[k]] for names in slots]) for k in range(len(slots[0]))]
+            out = self.networks[network](*args)
+            log_p = self._log_distribution(network, out, batch * len(slots))
+            for i, names in enumerate(slots):
+                result[(network, names)] = log_p[i * batch : (i + 1) * batch]
+        return result
+
+    def _log_distribution(self, network: str, out: torch.Tensor, rows: int) -> torch.Tensor:
+        """A network's output as ``[rows, width]`` log-probabilities (``nn/2``: columns
+        ``log p``, ``log(1 - p)``), checked when ``check_outputs``."""
+        pred = self.program.neural[network]
+        if not isinstance(out, torch.Tensor):
+            raise NetworkOutputError(f"network {network!r} returned {type(out).__name__}")
+        if not pred.categorical and out.dim() == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        expected = (rows, pred.size) if pred.categorical else (rows,)
+        if tuple(out.shape) != expected:
+            raise NetworkOutputError(
+                f"network {network!r} returned shape {tuple(out.shape)}; its declaration "
+                f"(line {pred.line}) needs {expected}"
+            )
+        if not out.is_floating_point():
+            raise NetworkOutputError(f"network {network!r} returned dtype {out.dtype}")
+        log_p = out if self.outputs == "log_probs" else torch.log(out)
+        if self.check_outputs:
+            self._check(network, pred, out, log_p)
+        if pred.categorical:
+            return log_p
+        return torch.stack([log_p, torch.log1p(-log_p.exp())], dim=1)
+
+    def _check(self, network, pred, out, log_p) -> None:
+        p = log_p.exp() if self.outputs == "log_probs" else out
+        if pred.categorical:
+            total = p.sum(dim=1)
+            bad = ((p < 0) | torch.isnan(p)).any() | ((total - 1).abs() > self.tolerance).any()
+        else:
+            bad = ((p < 0) | (p > 1 + self.tolerance) | torch.isnan(p)).any()
+        if bool(bad):
+            what = (
+                f"a distribution over its {pred.size} classes"
+                if pred.categorical
+                else "a probability"
+            )
+            raise NetworkOutputError(
+                f"network {network!r} (line {pred.line}) must return {what} per row "
+                f"({self.outputs}: non-negative, summing to 1 within {self.tolerance}); got "
+                f"min {p.min().item():.3g}, row sums {p.sum(dim=-1).min().item():.6g}.."
+                f"{p.sum(dim=-1).max().item():.6g}"
+            )
+
+
+def evaluate(program: str | os.PathLike) -> dict[str, float]:
+    """``{query: P(query | evidence)}`` for a ProbLog program without neural predicates
+    (its ``query/1`` and ``evidence/1,2``), computed in float64 by one trilay circuit.
+
+    Raises:
+        UnsupportedConstruct: a construct outside probabilistic inference, or a neural predicate
+            (use :class:`Model`).
+        InconsistentEvidenceError: the evidence has probability 0.
+        problog's own errors for programs ProbLog rejects (grounding, unknown clauses, ...).
+    """
+    parsed = Program(program)
+    if parsed.neural:
+        first = next(iter(parsed.neural.values()))
+        raise UnsupportedConstruct(
+            "nn(...) in evaluate()", first.line, "programs with networks need Model"
+        )
+    circuit = parsed.compile()
+    if not circuit.names:
+        return {}
+    log_p = circuit([], 1, torch.float64)[0]
+    if torch.isnan(log_p).any():  # -inf - -inf: the evidence has weight zero
+        raise InconsistentEvidenceError("the evidence has probability 0")
+    return {name: float(v) for name, v in zip(circuit.names, log_p.exp().tolist(), strict=True)}
+
+
+def _canonical(query: str | Term) -> str:
+    """A query's text as ProbLog prints its term (the cache key)."""
+    term = query if isinstance(query, Term) else Term.from_string(str(query))
+    return str(term)

@@ -1,8 +1,9 @@
 """``python -m benchmarks``: trilay against the scatter and naive baselines, KLay and PySDD.
 
-``--quick`` (about a minute on a 2-core CPU): the four real circuits and 3cnf-30 at batch 1 and
-128, forward and forward+backward, every CPU provider (naive only below 12000 IR nodes). The full
-mode adds 3cnf-35..50, batch 16 (and 1024 on a GPU) and ``klay-compiled`` (minutes of
+``--quick`` (about a minute on a 2-core CPU): the four real circuits, 3cnf-30 and mnist-add-3
+at batch 1 and 128, forward and forward+backward, every CPU provider (naive only below 12000 IR
+nodes). The full mode adds 3cnf-35..50, mnist-add-1 and -2, batch 16 (and 1024 on a GPU) and
+``klay-compiled`` (minutes of
 ``torch.compile`` per circuit and batch shape); ``--sweep`` runs 3cnf-30..50 to show how time
 grows with size. Results go to ``benchmarks/results/`` (JSON, CSV, PNG plot).
 """
@@ -17,10 +18,10 @@ import torch
 
 from . import harness, plot, report, results
 from .providers import QUICK_PROVIDERS, SEMIRINGS, all_providers
-from .workloads import REAL_WORKLOADS, SWEEP_SIZES
+from .workloads import MNIST_ADDITION_DIGITS, REAL_WORKLOADS, SWEEP_SIZES
 
 QUICK = {
-    "workloads": [*REAL_WORKLOADS, "3cnf-30"],
+    "workloads": [*REAL_WORKLOADS, "3cnf-30", "mnist-add-3"],
     "batch_sizes": [1, 128],
     "providers": list(QUICK_PROVIDERS),
     "repeats": 5,
@@ -29,7 +30,11 @@ QUICK = {
     "naive_node_limit": 12_000,  # naive takes seconds per call above this
 }
 FULL = {
-    "workloads": [*REAL_WORKLOADS, *(f"3cnf-{n}" for n in SWEEP_SIZES)],
+    "workloads": [
+        *REAL_WORKLOADS,
+        *(f"3cnf-{n}" for n in SWEEP_SIZES),
+        *(f"mnist-add-{n}" for n in MNIST_ADDITION_DIGITS),
+    ],
     "batch_sizes": [1, 16, 128],  # and 1024 on a GPU
     "providers": list(all_providers()),
     "repeats": 10,
@@ -67,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workloads",
         nargs="+",
         metavar="NAME",
-        help=f"{', '.join(REAL_WORKLOADS)}, 3cnf-N (seed 1) or 3cnf-N-sS",
+        help=f"{', '.join(REAL_WORKLOADS)}, 3cnf-N (seed 1), 3cnf-N-sS or mnist-add-N",
     )
     parser.add_argument(
         "--providers",

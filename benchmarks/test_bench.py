@@ -1,4 +1,5 @@
-"""pytest-benchmark over the quick workloads: ``python -m pytest benchmarks --benchmark-only``.
+"""pytest-benchmark over the quick workloads and MNIST addition:
+``python -m pytest benchmarks --benchmark-only``.
 
 Not part of the default test run (``testpaths = tests``). Each case is gated like the harness:
 its first call must agree with trilay's float64 reference, or the case fails before timing.
@@ -16,9 +17,9 @@ import torch
 
 from . import harness
 from .providers import QUICK_PROVIDERS, Context, all_providers
-from .workloads import REAL_WORKLOADS
+from .workloads import MNIST_ADDITION_DIGITS, REAL_WORKLOADS
 
-WORKLOADS = [*REAL_WORKLOADS, "3cnf-30"]
+WORKLOADS = [*REAL_WORKLOADS, "3cnf-30", *(f"mnist-add-{n}" for n in MNIST_ADDITION_DIGITS)]
 BATCHES = [1, 128]
 DEVICE = os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 SEMIRING = os.environ.get("BENCH_SEMIRING", "log")

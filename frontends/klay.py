@@ -16,27 +16,55 @@ The module evaluates the circuit *as written*, like KLay: no smoothing, so ``mpe
 ``godel`` are KLay's max-product and max-min over the circuit's own branches (for the true
 maximum over complete models use :mod:`trilay.engine` with ``compile(smooth=True)``).
 
-Where this differs from KLay 0.1.2 (each on purpose):
+Outputs and input gradients equal KLay's in all four semirings (``real``, ``log``, ``mpe``,
+``godel``), for ``[V]`` and ``[B, V]`` inputs, with and without ``x_neg`` (tests/test_klay.py).
+Where this differs from KLay 0.1.2 (each checked against klaycircuits 0.1.2 there):
 
 - ``to_torch_module`` leaves the circuit unchanged (KLay adds a root layer on every call, so a
-  second module of the same circuit is deeper than the first) and ``compile`` defaults to
-  ``False``: trilay's kernels already fuse each layer (KLay's default ``torch.compile`` with CUDA
-  graphs failed at batch size 1 in our measurements). ``compile=True`` wraps the module in
-  :func:`torch.compile`, which traces it without graph breaks.
+  second module of the same circuit is one layer deeper) and ``compile`` defaults to ``False``:
+  on the GPU trilay runs one fused kernel per layer without compiling, and on the CPU
+  inductor's compile of a circuit costs seconds to minutes. ``compile=True`` wraps the module
+  in :func:`torch.compile` (the default inductor backend); on the PyTorch path the module
+  traces with ``fullgraph=True``, without graph breaks (the Triton path is not verified under
+  ``torch.compile``: no GPU yet, and dynamo cannot trace Triton's interpreter).
 - ``eps`` is accepted and ignored, with a warning when non-zero: trilay's log semiring is exact
-  at probability 0 (``-inf`` with zero gradients, never NaN), which is what KLay's ``eps``
-  stabilizes; KLay itself ignores it in the default negation.
+  at probability 0 (``-inf`` with zero gradients, never NaN). KLay adds ``eps`` inside each
+  log-sum (``log(sum + eps)``) and ignores it in the default negation.
 - Inputs may have any leading batch shape, ``[..., V] -> [..., roots]`` (KLay takes ``[V]`` or
-  ``[B, V]`` only). Extra trailing columns beyond the circuit's variables are ignored, as KLay
-  ignores them; fewer raise :class:`~trilay.engine.errors.ShapeError`.
-- ``nb_nodes()`` counts the nodes added to the circuit (KLay counts its layered nodes,
-  including the chain nodes its layering inserts).
-- Errors are trilay's typed errors (``SemiringError``, ``CircuitError``, ``ShapeError``, all
-  ``ValueError`` subclasses, as KLay's ``ValueError``).
-- Probabilistic circuits sample exactly, in batches, optionally under literal weights
-  (:meth:`ProbabilisticCircuitModule.sample`); KLay's sampler draws one assignment, ignores the
-  literals, and leaves variables a branch does not mention false. KLay's ``condition`` and
-  ``to_pc`` are not provided.
+  ``[B, V]`` only, and its probabilistic circuits ``[V]`` only). Extra trailing columns beyond
+  the circuit's variables are ignored, as in KLay; fewer raise
+  :class:`~trilay.engine.errors.ShapeError` (KLay: ``IndexError``), as does an ``x_neg`` of
+  another shape. float32/float64 evaluate in their own precision, float16/bfloat16 in float32;
+  other dtypes raise :class:`~trilay.engine.errors.DTypeError` (KLay computes integer inputs in
+  integer arithmetic).
+- ``nb_nodes()`` counts the nodes added to the circuit, literals and constants once each. KLay
+  merges equal nodes as they are added (two ``and_node`` calls on the same children return one
+  node) and counts the chain and root nodes each ``to_torch_module`` call inserts.
+- Errors are trilay's typed errors (``SemiringError``, ``CircuitError``, ``ShapeError`` are
+  ``ValueError`` subclasses, as KLay's unknown-semiring ``ValueError``; ``DTypeError`` a
+  ``TypeError``). KLay raises ``RuntimeError`` for a circuit with no root, and crashes the
+  process (segmentation fault) for an empty circuit or a ``NodePtr`` of another circuit.
+- A literal in both ``true_lits`` and ``false_lits`` is a ``CircuitError`` (KLay fixes it
+  true). ``add_d4_from_file`` reads d4's edge lines in any order (KLay needs each node's edges
+  before the node is used as a child) and reads c2d's format too.
+- ``mpe`` / ``godel`` gradients split evenly between tied children, as ``amax`` does. KLay's
+  backward (``torch.segment_reduce``'s) gives every tied child the whole upstream gradient when
+  it is negative.
+- ``torch.func.vmap`` of the forward, and gradients through it, work in every semiring on
+  the PyTorch path (CPU tensors, or ``backend="torch"``); ``vmap(grad(f))`` (per-example
+  gradients) in ``godel`` only. Both are engine limitations, for now: the Triton path (CUDA
+  tensors by default) fails under vmap, its autograd Function having no vmap rule, and the
+  products and the log semiring's custom functions fail under ``vmap(grad)``. KLay's module
+  runs both through torch's slow fallback.
+- Probabilistic circuits keep one flat ``weights`` parameter over the edges of the OR nodes
+  with two or more children (KLay: one per sum layer, chain nodes included), so state dicts do
+  not carry over; at equal (e.g. all-zero) weights both compute the same values. They sample
+  exactly, in batches, optionally under literal weights
+  (:meth:`ProbabilisticCircuitModule.sample`); KLay's ``sample()`` draws one assignment, picks
+  each OR child by its edge weight alone (ignoring the children's values), ignores the literal
+  weights, and leaves variables a branch does not mention false.
+- Not provided: KLay's ``condition``, ``to_pc``, ``remove_unused_nodes``, ``print`` and
+  ``to_jax_function``.
 """
 
 from __future__ import annotations
@@ -263,8 +291,15 @@ class CircuitModule(torch.nn.Module):
     beyond the circuit's ``V`` variables are ignored) and optionally ``x_neg`` of the same shape
     (default: the semiring's complement, ``1 - x_pos`` or ``log(1 - exp(x_pos))`` in ``log``)
     -> root values ``[..., num_roots]`` (``[V'] -> [num_roots]``, ``[B, V'] -> [B, num_roots]``
-    as in KLay). Works under ``torch.func.vmap``, ``torch.compile`` and autograd; the engine
-    module is the submodule ``circuit`` (its index tensors are buffers).
+    as in KLay). Works under autograd; on the PyTorch path (CPU tensors, ``backend="torch"``)
+    also under ``torch.compile(fullgraph=True)`` and ``torch.func.vmap`` (of the forward, and
+    gradients through it; ``vmap(grad(...))`` only in ``godel`` for now, see the module
+    docstring). The engine module is the submodule ``circuit`` (its index tensors are
+    buffers).
+
+    Raises:
+        ShapeError: ``x_pos`` has fewer than ``V`` columns, or ``x_neg`` another shape.
+        DTypeError: not a tensor, or not a floating dtype.
     """
 
     def __init__(self, compiled: CompiledCircuit, semiring: str, **options):
@@ -274,9 +309,18 @@ class CircuitModule(torch.nn.Module):
         self.circuit = compiled.module(self.semiring, **options)
 
     def forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor | None = None) -> torch.Tensor:
-        pos = self._columns(x_pos, "x_pos")
-        neg = None if x_neg is None else self._columns(x_neg, "x_neg")
+        pos, neg = self._inputs(x_pos, x_neg)
         return self.circuit(pos, neg)
+
+    def _inputs(self, x_pos, x_neg) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The circuit's variables' columns ``x[..., :V]`` of ``x_pos`` and ``x_neg``."""
+        pos = self._columns(x_pos, "x_pos")
+        if x_neg is None:
+            return pos, None
+        neg = self._columns(x_neg, "x_neg")
+        if x_neg.shape != x_pos.shape:  # before slicing: extra columns must agree too
+            raise ShapeError(f"x_neg has shape {list(x_neg.shape)}, x_pos has {list(x_pos.shape)}")
+        return pos, neg
 
     def _columns(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """``x[..., :V]``, the circuit's variables' columns."""
@@ -301,6 +345,11 @@ class ProbabilisticCircuitModule(CircuitModule):
     weighted circuit with its ordinary layers. The OR nodes are those of the compiled circuit
     (after constant folding and merging of equal sub-circuits, as KLay's).
 
+    Edge order: edge ``e`` is the ``e``-th edge of the compiled circuit's OR nodes with two or
+    more children, layer by layer (:attr:`CompiledCircuit.layers`), node by node, each node's
+    edges in CSR order; ``edge_node[e]`` is its OR node (0-based, ascending, so each node's
+    edges are contiguous).
+
     ``forward`` is :class:`CircuitModule`'s; :meth:`sample` draws assignments.
     """
 
@@ -318,7 +367,9 @@ class ProbabilisticCircuitModule(CircuitModule):
         peak = w.new_full((self.num_sum_nodes,), -math.inf)
         peak = peak.scatter_reduce(0, node, w.detach(), "amax")
         shifted = torch.exp(w - peak[node])
-        log_norm = torch.log(w.new_zeros(self.num_sum_nodes).index_add(0, node, shifted))
+        # scatter_add, not index_add: inductor's CPU codegen fails on an index_add into one row
+        # (a circuit with one OR node), torch 2.13.
+        log_norm = torch.log(w.new_zeros(self.num_sum_nodes).scatter_add(0, node, shifted))
         return w - peak[node] - log_norm[node]
 
     def edge_weights(self) -> torch.Tensor:
@@ -326,8 +377,8 @@ class ProbabilisticCircuitModule(CircuitModule):
         return torch.exp(self.log_edge_weights())
 
     def forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor | None = None) -> torch.Tensor:
-        pos = self._columns(x_pos, "x_pos")
-        neg = self.semiring.complement(pos) if x_neg is None else self._columns(x_neg, "x_neg")
+        pos, neg = self._inputs(x_pos, x_neg)
+        neg = self.semiring.complement(pos) if neg is None else neg
         weights = self.log_edge_weights() if self.semiring.log_space else self.edge_weights()
         weights = weights.to(pos.dtype).expand(*pos.shape[:-1], -1)
         # The weight variables occur only as positive literals: their negative weight is unused.
@@ -397,12 +448,12 @@ class ProbabilisticCircuitModule(CircuitModule):
     def _sample_literals(self, log_pos: torch.Tensor, root: int, generator) -> torch.Tensor:
         """Top-down pass: ``log_pos: [V, S]`` -> ``[2V, S]`` bool, the literal rows (``+1..+V``,
         ``-1..-V``) the sampled branches reach."""
-        num_edges = self.weights.numel()
-        weights = self.log_edge_weights().float()[:, None].expand(num_edges, log_pos.shape[1])
+        num_edges, num_samples = self.weights.numel(), log_pos.shape[1]
+        weights = self.log_edge_weights().float()[:, None].expand(num_edges, num_samples)
         log_neg = _log1mexp(log_pos)
         inputs = torch.cat(
             [
-                torch.tensor([[-math.inf], [0.0]], device=log_pos.device).expand(2, -1),
+                torch.tensor([[-math.inf], [0.0]], device=log_pos.device).expand(-1, num_samples),
                 log_pos,
                 weights,
                 log_neg,

@@ -30,6 +30,7 @@ from benchmarks.workloads import (  # noqa: E402
     cnf_workload,
     compile_3cnf,
     get_workload,
+    mnist_addition_workload,
     random_3cnf_clauses,
 )
 
@@ -324,6 +325,28 @@ def test_3cnf_sdd_counts_the_models_of_its_clauses(tmp_path):
     assert get_workload("3cnf-10-s7", cache_dir=tmp_path).name == "3cnf-10-s7"
     with pytest.raises(ValueError, match="unknown workload"):
         get_workload("nope")
+
+
+@pytest.mark.parametrize("digits", [1, 2])
+def test_mnist_addition_workload_counts_the_digit_combinations(tmp_path, digits):
+    # The query's sum 10**N - 1 has one model per digit tuple (a, b) with a + b = 10**N - 1:
+    # 10**N of them; every image contributes its 10 choices and the "none" atom of its
+    # annotated disjunction, which the constraint keeps false.
+    pytest.importorskip("problog")
+    from pysdd.sdd import SddManager, Vtree
+
+    models = sum(a + b == 10**digits - 1 for a in range(10**digits) for b in range(10**digits))
+    workload = mnist_addition_workload(digits, cache_dir=tmp_path)
+    assert get_workload(f"mnist-add-{digits}", cache_dir=tmp_path) == workload
+    manager = SddManager.from_vtree(Vtree.from_file(str(workload.vtree).encode()))
+    root = manager.read_sdd_file(str(workload.sdd).encode())
+    assert manager.var_count() == 2 * digits * 11 and root.global_model_count() == models
+    circuit = Circuit()
+    circuit.add_sdd_file(workload.sdd, workload.vtree)
+    compiled = circuit.compile(smooth=False)
+    half = torch.full((1, compiled.num_vars), 0.5, dtype=torch.float64)
+    count = compiled.module("real")(half)[0, 0].item() * 2**compiled.num_vars
+    assert round(count) == models
 
 
 def test_results_environment_tolerates_missing_git(monkeypatch):

@@ -228,16 +228,17 @@ def train(
 def compare_deepproblog(
     digits: int,
     data=None,
-    num_queries: int = 200,
+    num_queries: int | None = None,
     batch_size: int = 8,
     lr: float = 3e-3,
     seed: int = 0,
 ) -> dict | None:
-    """Train DeepProbLog 2.1.0's own ``Model`` with its ``ExactEngine`` (cache on) on the first
-    ``num_queries`` training pairs of :func:`train` (same program, pairs, network, optimizer,
-    batch size), one pass. Returns ``{"seconds", "queries", "seconds_per_query",
-    "epoch_seconds_estimate", "accuracy"}``, or ``None`` when deepproblog is not importable
-    (it is not a dependency: it pulls in a CUDA torch)."""
+    """Train DeepProbLog 2.1.0's own ``Model`` with its ``ExactEngine`` (cache on) for one
+    pass over the training pairs of :func:`train` (same program, pairs, network
+    initialization, optimizer, batch size; the first ``num_queries`` pairs only, when given).
+    Returns ``{"seconds", "queries", "seconds_per_query", "epoch_seconds_estimate",
+    "accuracy"}``, or ``None`` when deepproblog is not importable (it is not a dependency: its
+    wheel pulls in a CUDA torch; ``pip install --no-deps deepproblog`` works beside trilay)."""
     try:
         from deepproblog.dataset import DataLoader, Dataset
         from deepproblog.engines import ExactEngine
@@ -254,7 +255,8 @@ def compare_deepproblog(
     pairs = make_pairs(len(train_y), digits, generator)
     sums = pair_sums(pairs, train_y)
     test_pairs = make_pairs(len(test_y), digits, generator)
-    pairs, sums = pairs[:num_queries], sums[:num_queries]
+    if num_queries is not None:
+        pairs, sums = pairs[:num_queries], sums[:num_queries]
 
     class Images:  # DeepProbLog's tensor source: item = (index,)
         def __getitem__(self, item):
@@ -303,7 +305,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--compare", action="store_true", help="also train DeepProbLog 2.1.0 (when installed)"
     )
-    parser.add_argument("--compare-queries", type=int, default=200)
+    parser.add_argument(
+        "--compare-queries", type=int, help="DeepProbLog: train on this many pairs (all)"
+    )
     args = parser.parse_args(argv)
     data = load_mnist(args.mnist) if args.mnist else load_digits_split(seed=args.seed)
     print(f"data: {len(data[1])} training, {len(data[3])} test images; torch {torch.__version__}")
@@ -315,7 +319,8 @@ def main(argv=None) -> None:
             f"trilay       N={digits}: compile {r['compile_seconds']:.1f} s "
             f"({r['circuit_nodes']} nodes), epoch {mean:.2f} s ({r['train_pairs']} pairs, "
             f"{1000 * mean / r['train_pairs']:.2f} ms/query), test sum accuracy "
-            f"{r['accuracy'][-1]:.4f} after {args.epochs} epochs ({r['test_pairs']} pairs)"
+            f"{r['accuracy'][0]:.4f} after 1 epoch, {r['accuracy'][-1]:.4f} after "
+            f"{args.epochs} ({r['test_pairs']} pairs)"
         )
         if args.compare:
             d = compare_deepproblog(
@@ -325,8 +330,8 @@ def main(argv=None) -> None:
                 "deepproblog  not installed: comparison skipped"
                 if d is None
                 else f"deepproblog  N={digits}: {d['seconds']:.1f} s for {d['queries']} queries "
-                f"({1000 * d['seconds_per_query']:.1f} ms/query, epoch estimate "
-                f"{d['epoch_seconds_estimate']:.1f} s), test sum accuracy after those queries "
+                f"({1000 * d['seconds_per_query']:.1f} ms/query, epoch "
+                f"{d['epoch_seconds_estimate']:.1f} s), test sum accuracy after them "
                 f"{d['accuracy']:.4f}"
             )
     print("\n".join(rows))

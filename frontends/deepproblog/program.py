@@ -160,26 +160,55 @@ class Program:
             )
 
     # ------------------------------------------------------------------ compiling
-    def compile(self, queries: list[Term] | None = None) -> QueryCircuit:
-        """Ground ``queries`` (default: the program's ``query/1``) with the program's evidence,
-        compile them into one SDD and one trilay circuit (see the module docstring)."""
+    def compile_sdd(
+        self, queries: list[Term] | None = None, minimize: bool = True
+    ) -> CompiledQueries:
+        """Ground ``queries`` (default: the program's ``query/1``) with the program's evidence
+        and compile them into one PySDD manager (see :class:`CompiledQueries`).
+
+        ``minimize``: ProbLog's ``sdd_auto_gc`` (PySDD's garbage collection and dynamic vtree
+        minimization during compilation). Without it ProbLog grows a right-linear vtree and
+        keeps every dead node: compiling 250 three-digit addition queries together did not
+        finish in 15 minutes; with it, 35 s (2-core CPU)."""
         formula = self.engine.ground_all(
             self.db, target=LogicFormula(avoid_name_clash=True), queries=queries
         )
         dag = LogicDAG.create_from(formula, avoid_name_clash=True)
-        sdd = SDD.create_from(dag)
+        sdd = SDD.create_from(dag, sdd_auto_gc=minimize)
         manager = sdd.get_manager()
         constraint = sdd.get_constraint_inode()
         evidence = manager.conjoin(constraint, *[sdd.get_inode(k) for _, k in sdd.evidence()])
-        pysdd_manager = evidence.manager
-        circuit = Circuit(num_vars=pysdd_manager.var_count())
-        names = []
+        names, roots = [], []
         for name, key in sdd.queries():
             names.append(str(name))
-            circuit.add_sdd(manager.conjoin(sdd.get_inode(key), evidence))
-        circuit.add_sdd(evidence)
-        weights = _literal_weights(sdd, self, circuit.num_vars)
-        return QueryCircuit(circuit.compile(smooth=True), names, weights)
+            roots.append(manager.conjoin(sdd.get_inode(key), evidence))
+        return CompiledQueries(sdd, names, roots, evidence)
+
+    def compile(self, queries: list[Term] | None = None, minimize: bool = True) -> QueryCircuit:
+        """Ground ``queries`` (default: the program's ``query/1``) with the program's evidence,
+        compile them into one SDD (see :meth:`compile_sdd`) and one trilay circuit (see the
+        module docstring)."""
+        compiled = self.compile_sdd(queries, minimize)
+        circuit = Circuit(num_vars=compiled.evidence.manager.var_count())
+        for root in compiled.roots:
+            circuit.add_sdd(root)
+        circuit.add_sdd(compiled.evidence)
+        weights = _literal_weights(compiled.sdd, self, circuit.num_vars)
+        return QueryCircuit(circuit.compile(smooth=True), compiled.names, weights)
+
+
+@dataclass
+class CompiledQueries:
+    """Ground queries compiled by ProbLog into one PySDD manager.
+
+    ``roots[k]`` is the PySDD node of ``names[k] AND C AND E`` and ``evidence`` of ``C AND E``
+    (``C`` the annotated-disjunction constraint, ``E`` the evidence); ``sdd`` is ProbLog's
+    ``SDD`` formula (it owns the manager and the variables' weights)."""
+
+    sdd: SDD
+    names: list[str]
+    roots: list
+    evidence: object
 
 
 # ---------------------------------------------------------------------------- literal weights

@@ -225,3 +225,11 @@ def test_mnist_addition_single_digit_learns_from_sums_only():
     result = mnist.train(1, log=lambda line: None)
     assert result["test_pairs"] == 298
     assert max(result["accuracy"][-3:]) > 0.9
+
+
+def test_mnist_addition_command_reports_each_size(capsys):
+    mnist.main(["--digits", "1", "--epochs", "1"])
+    out = capsys.readouterr().out
+    assert "N=1 epoch 1:" in out
+    summary = out.split("summary:")[1]
+    assert "trilay       N=1: compile" in summary and "after 1 epoch" in summary

@@ -312,10 +312,15 @@ def main(argv=None) -> None:
     data = load_mnist(args.mnist) if args.mnist else load_digits_split(seed=args.seed)
     print(f"data: {len(data[1])} training, {len(data[3])} test images; torch {torch.__version__}")
     rows = []
+
+    def report(row: str) -> None:  # printed at once too: a long comparison keeps what it has
+        print(row, flush=True)
+        rows.append(row)
+
     for digits in args.digits:
         r = train(digits, data, args.epochs, args.batch_size, args.lr, args.seed)
         mean = sum(r["epoch_seconds"]) / len(r["epoch_seconds"])
-        rows.append(
+        report(
             f"trilay       N={digits}: compile {r['compile_seconds']:.1f} s "
             f"({r['circuit_nodes']} nodes), epoch {mean:.2f} s ({r['train_pairs']} pairs, "
             f"{1000 * mean / r['train_pairs']:.2f} ms/query), test sum accuracy "
@@ -326,15 +331,17 @@ def main(argv=None) -> None:
             d = compare_deepproblog(
                 digits, data, args.compare_queries, args.batch_size, args.lr, args.seed
             )
-            rows.append(
-                "deepproblog  not installed: comparison skipped"
-                if d is None
-                else f"deepproblog  N={digits}: {d['seconds']:.1f} s for {d['queries']} queries "
-                f"({1000 * d['seconds_per_query']:.1f} ms/query, epoch "
+            if d is None:
+                report("deepproblog  not installed: comparison skipped")
+                continue
+            epoch = "epoch" if d["queries"] == r["train_pairs"] else "epoch extrapolated to"
+            report(
+                f"deepproblog  N={digits}: {d['seconds']:.1f} s for {d['queries']} queries "
+                f"({1000 * d['seconds_per_query']:.1f} ms/query, {epoch} "
                 f"{d['epoch_seconds_estimate']:.1f} s), test sum accuracy after them "
                 f"{d['accuracy']:.4f}"
             )
-    print("\n".join(rows))
+    print("\n".join(["", "summary:", *rows]))
 
 
 if __name__ == "__main__":

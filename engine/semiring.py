@@ -32,10 +32,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+from trilay.kernels.reference import apply_function, jvp_in_subclass, needs_grad
 
 from .errors import SemiringError
 
 
+@jvp_in_subclass
 class _Log1mexp(torch.autograd.Function):
     """``log(1 - exp(x))`` for ``x <= 0``, stable at both ends, NaN-free backward.
 
@@ -46,17 +48,27 @@ class _Log1mexp(torch.autograd.Function):
     ``logsigmoid(-logits)``) when weights reach probability 1 and that share matters.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x):
-        y = _log1mexp_value(x)
-        ctx.save_for_backward(x, y)
-        return y
+    def forward(x):
+        return _log1mexp_value(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output)
+        ctx.save_for_forward(inputs[0], output)
 
     @staticmethod
     def backward(ctx, grad):
         x, y = ctx.saved_tensors
         ratio = torch.exp(x - y)  # p / (1 - p); inf at p = 1
         return torch.where(grad == 0, torch.zeros_like(grad), -grad * ratio)
+
+    @staticmethod
+    def jvp(ctx, x_t):
+        x, y = ctx.saved_tensors
+        return torch.where(x_t == 0, torch.zeros_like(x_t), -x_t * torch.exp(x - y))
 
 
 def _log1mexp_value(x: torch.Tensor) -> torch.Tensor:
@@ -70,8 +82,8 @@ def _log1mexp_value(x: torch.Tensor) -> torch.Tensor:
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """``log(1 - exp(x))``: the log-space complement of a log-probability."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return _Log1mexp.apply(x)
+    if needs_grad(x):
+        return apply_function(_Log1mexp, x)
     return _log1mexp_value(x)  # no autograd node: a custom Function costs tens of µs a call
 
 

@@ -50,12 +50,11 @@ Where this differs from KLay 0.1.2 (each checked against klaycircuits 0.1.2 ther
 - ``mpe`` / ``godel`` gradients split evenly between tied children, as ``amax`` does. KLay's
   backward (``torch.segment_reduce``'s) gives every tied child the whole upstream gradient when
   it is negative.
-- ``torch.func.vmap`` of the forward, and gradients through it, work in every semiring on
-  the PyTorch path (CPU tensors, or ``backend="torch"``); ``vmap(grad(f))`` (per-example
-  gradients) in ``godel`` only. Both are engine limitations, for now: the Triton path (CUDA
-  tensors by default) fails under vmap, its autograd Function having no vmap rule, and the
-  products and the log semiring's custom functions fail under ``vmap(grad)``. KLay's module
-  runs both through torch's slow fallback.
+- ``torch.func.vmap`` of the forward, gradients through it and ``vmap(grad(f))`` (per-example
+  gradients) work in every semiring, on the PyTorch path and on the Triton path (CUDA tensors
+  by default), whose vmap rule folds the vmapped dimension into the batch: one kernel launch
+  per layer for the whole vmapped batch. KLay's module runs both through torch's slow
+  fallback.
 - Probabilistic circuits keep one flat ``weights`` parameter over the edges of the OR nodes
   with two or more children (KLay: one per sum layer, chain nodes included), so state dicts do
   not carry over; at equal (e.g. all-zero) weights both compute the same values. They sample
@@ -291,11 +290,10 @@ class CircuitModule(torch.nn.Module):
     beyond the circuit's ``V`` variables are ignored) and optionally ``x_neg`` of the same shape
     (default: the semiring's complement, ``1 - x_pos`` or ``log(1 - exp(x_pos))`` in ``log``)
     -> root values ``[..., num_roots]`` (``[V'] -> [num_roots]``, ``[B, V'] -> [B, num_roots]``
-    as in KLay). Works under autograd; on the PyTorch path (CPU tensors, ``backend="torch"``)
-    also under ``torch.compile(fullgraph=True)`` and ``torch.func.vmap`` (of the forward, and
-    gradients through it; ``vmap(grad(...))`` only in ``godel`` for now, see the module
-    docstring). The engine module is the submodule ``circuit`` (its index tensors are
-    buffers).
+    as in KLay). Works under autograd and ``torch.func.vmap`` (of the forward, gradients
+    through it, and ``vmap(grad(...))``); on the PyTorch path (CPU tensors,
+    ``backend="torch"``) also under ``torch.compile(fullgraph=True)``. The engine module is the
+    submodule ``circuit`` (its index tensors are buffers).
 
     Raises:
         ShapeError: ``x_pos`` has fewer than ``V`` columns, or ``x_neg`` another shape.

@@ -34,6 +34,52 @@ REDUCTIONS = (
 )
 
 
+def apply_function(function: type[torch.autograd.Function], *args):
+    """``function.apply(*args)`` for a new-style autograd Function (``forward`` without ctx,
+    no default arguments, all arguments passed positionally), with its forward-mode rule
+    (``function.with_jvp``, see :func:`jvp_in_subclass`) outside ``torch.compile``.
+
+    Without a ``torch.func`` transform, torch's ``Function.apply`` binds the arguments to
+    ``forward``'s signature and walks them as a pytree (about 50 µs a call) before calling the
+    C++ ``apply``, which then makes the same autograd node: this calls it directly.
+    """
+    if torch.compiler.is_compiling():
+        return function.apply(*args)
+    function = getattr(function, "with_jvp", function)
+    if torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return super(torch.autograd.Function, function).apply(*args)
+
+
+def jvp_in_subclass(function: type[torch.autograd.Function]):
+    """Class decorator: moves the Function's custom ``jvp`` into a subclass,
+    ``function.with_jvp``, which :func:`apply_function` applies outside ``torch.compile``.
+
+    Dynamo refuses to trace a Function that defines a custom ``jvp`` (and resolves a Function
+    only by its name, not through an attribute), so the name is the Function without it;
+    forward mode is not traced by ``torch.compile`` anyway.
+    """
+    jvp = function.__dict__["jvp"]
+    del function.jvp
+    function.with_jvp = type(
+        f"{function.__name__}WithJvp", (function,), {"jvp": jvp, "__doc__": function.__doc__}
+    )
+    return function
+
+
+def needs_grad(t: torch.Tensor) -> bool:
+    """Whether a backward may run through ``t``: it requires grad, or a ``torch.func``
+    transform is active (a vmapped tensor reports ``requires_grad=False`` even when the tensor
+    it wraps requires grad, as under ``grad(vmap(f))`` or autograd through ``vmap``).
+
+    A custom autograd Function costs tens of microseconds per call even without autograd: the
+    reductions use theirs only where this holds.
+    """
+    if not torch.is_grad_enabled():
+        return False
+    return t.requires_grad or torch._C._are_functorch_transforms_active()
+
+
 def segment_reduce_torch(
     src: torch.Tensor,
     offsets: torch.Tensor,
@@ -46,9 +92,12 @@ def segment_reduce_torch(
     from ``offsets`` when omitted. The rows fold into their segments with ``index_add`` /
     ``scatter_reduce``, which on the CPU beat ``torch.segment_reduce`` at batch > 1.
 
-    Exact gradients with zeros (``prod``: torch's scatter product backward counts zeros) and
-    with ``-inf`` (``logsumexp`` of an all ``-inf`` segment is ``-inf`` with gradient 0, not
-    NaN). ``max``/``min`` split the gradient evenly between tied children.
+    Exact gradients with zeros (``prod``: per-segment zero counts, see :class:`_SegmentProd`)
+    and with ``-inf`` (``logsumexp`` of an all ``-inf`` segment is ``-inf`` with gradient 0,
+    not NaN). ``max``/``min`` split the gradient evenly between tied children. Every
+    reduction and its derivatives compose with ``torch.func`` (``vmap``, ``grad``,
+    ``vmap(grad)``, ``jvp``, ``hessian``) and make no host sync; ``prod`` is exact with zeros
+    to second order.
     """
     if reduce not in REDUCTIONS:
         raise SemiringError(f"unknown reduction {reduce!r}; expected one of {REDUCTIONS}")
@@ -76,6 +125,15 @@ _SCATTER = {"prod": ("prod", 1.0), "max": ("amax", float("-inf")), "min": ("amin
 
 def _fold(src: torch.Tensor, segment: torch.Tensor, n: int, reduce: str) -> torch.Tensor:
     """``out[segment[e]] (op)= src[e]`` from the reduction's identity, ``[n, B]``."""
+    if reduce == "prod" and needs_grad(src):
+        # torch's own scatter product backward syncs with the host (.item()) and so fails
+        # under vmap(grad); this one counts zeros instead.
+        return apply_function(_SegmentProd, src, segment, n)
+    return _scatter(src, segment, n, reduce)
+
+
+def _scatter(src: torch.Tensor, segment: torch.Tensor, n: int, reduce: str) -> torch.Tensor:
+    """:func:`_fold` with torch's own autograd formulas."""
     shape = (n, src.shape[1])
     if reduce == "sum":
         return src.new_zeros(shape).index_add(0, segment, src)
@@ -84,21 +142,136 @@ def _fold(src: torch.Tensor, segment: torch.Tensor, n: int, reduce: str) -> torc
     return src.new_full(shape, identity).scatter_reduce(0, index, src, op, include_self=True)
 
 
+def _prod_parts(src: torch.Tensor, segment: torch.Tensor, n: int):
+    """``(is_zero, factors, a, z)`` of the segment product: ``is_zero`` 1.0 where ``src`` is 0,
+    ``factors`` the factors with the zeros replaced by 1 (exactly: ``x + 0 = x``), ``a[i]`` the
+    product of segment ``i``'s non-zero factors and ``z[i]`` its zero count (exact)."""
+    is_zero = (src == 0).to(src.dtype)
+    factors = src + is_zero
+    return (
+        is_zero,
+        factors,
+        _scatter(factors, segment, n, "prod"),
+        _scatter(is_zero, segment, n, "sum"),
+    )
+
+
+def _prod_vjp(grad: torch.Tensor, src: torch.Tensor, segment: torch.Tensor, n: int):
+    """``grad[segment[e]] * d out / d src[e]``: the factor's share ``a / factor`` (``a`` for the
+    zero factor, whose factor is 1), kept where no other factor of the segment is zero, i.e.
+    where ``z`` equals the factor's own zero count."""
+    is_zero, factors, a, z = _prod_parts(src, segment, n)
+    kept = z.index_select(0, segment) == is_zero
+    return torch.where(kept, (grad * a).index_select(0, segment) / factors, 0.0)
+
+
+def _prod_hvp(v: torch.Tensor, src: torch.Tensor, segment: torch.Tensor, n: int):
+    """``sum over e != k of v[e] * prod(src[j] for j not in {e, k})`` for each edge ``k`` (over
+    its segment): the product's Hessian (symmetric) times ``v``, exact with zeros.
+
+    With ``S`` the sum of ``v / x`` over the non-zero factors and ``V0`` the sum of ``v`` over
+    the zero ones: a non-zero ``x_k`` gets ``a / x_k * (S - v_k / x_k)`` if ``z = 0``,
+    ``a / x_k * V0`` if ``z = 1``, else 0; a zero one gets ``a * S`` if ``z = 1``,
+    ``a * (V0 - v_k)`` if ``z = 2``, else 0.
+    """
+    is_zero, factors, a, z = _prod_parts(src, segment, n)
+    z, a = z.index_select(0, segment), a.index_select(0, segment)
+    w = v / factors
+    s = _scatter(w - w * is_zero, segment, n, "sum").index_select(0, segment)
+    v0 = _scatter(v * is_zero, segment, n, "sum").index_select(0, segment)
+    nonzero_case = torch.where(z == 0, s - w, torch.where(z == 1, v0, 0.0)) * a / factors
+    zero_case = torch.where(z == 1, s, torch.where(z == 2, v0 - v, 0.0)) * a
+    return torch.where(is_zero == 1, zero_case, nonzero_case)
+
+
+@jvp_in_subclass
+class _SegmentProd(torch.autograd.Function):
+    """The segment product ``out[i] = prod(src[e] for segment[e] = i)`` with derivatives that
+    are exact with zeros.
+
+    With ``a[i]`` the product of segment ``i``'s non-zero factors and ``z[i]`` its zero count,
+    ``d out[i] / d src[e]`` is ``a / src[e]`` if ``z = 0``; ``a`` for the zero factor if
+    ``z = 1``; else 0 (:func:`_prod_vjp`; the forward mode sums the same terms). Zero factors
+    are replaced by 1 before dividing: never a division by zero, no NaN. ``a`` and ``z`` are
+    computed in the backward, so the forward costs what the plain scatter product does. A
+    backward that will itself be differentiated (``create_graph``, ``torch.func``) runs as
+    :class:`_SegmentProdGrad`, exact with zeros to second order.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(src, segment, n):
+        return _scatter(src, segment, n, "prod")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        src, segment, n = inputs
+        ctx.save_for_backward(src, segment)
+        ctx.save_for_forward(src, segment)
+        ctx.n = n
+
+    @staticmethod
+    def backward(ctx, grad):
+        src, segment = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True or torch.func: differentiated again
+            return apply_function(_SegmentProdGrad, grad, src, segment, ctx.n), None, None
+        return _prod_vjp(grad, src, segment, ctx.n), None, None
+
+    @staticmethod
+    def jvp(ctx, src_t, segment_t, n_t):
+        src, segment = ctx.saved_tensors
+        others = _prod_vjp(src.new_ones(ctx.n, src.shape[1]), src, segment, ctx.n)
+        return _scatter(src_t * others, segment, ctx.n, "sum")
+
+
+@jvp_in_subclass
+class _SegmentProdGrad(torch.autograd.Function):
+    """:func:`_prod_vjp` as a Function whose own derivatives (the product's second
+    derivatives, :func:`_prod_hvp`) are exact with zeros."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, src, segment, n):
+        return _prod_vjp(grad, src, segment, n)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, src, segment, n = inputs
+        ctx.save_for_backward(grad, src, segment)
+        ctx.save_for_forward(grad, src, segment)
+        ctx.n = n
+
+    @staticmethod
+    def backward(ctx, v):
+        grad, src, segment = ctx.saved_tensors
+        others = _prod_vjp(torch.ones_like(grad), src, segment, ctx.n)
+        grad_grad = _scatter(v * others, segment, ctx.n, "sum")
+        grad_src = grad.index_select(0, segment) * _prod_hvp(v, src, segment, ctx.n)
+        return grad_grad, grad_src, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_t, src_t, segment_t, n_t):
+        grad, src, segment = ctx.saved_tensors
+        out_t = torch.zeros_like(src)
+        if grad_t is not None:
+            out_t = out_t + _prod_vjp(grad_t, src, segment, ctx.n)
+        if src_t is not None:
+            out_t = out_t + grad.index_select(0, segment) * _prod_hvp(src_t, src, segment, ctx.n)
+        return out_t
+
+
 def _logsumexp(src: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
     # Shift by the segment max (constant w.r.t. autograd: logsumexp's gradient does not depend
     # on the shift). All -inf segments get shift 0 so that x - shift stays -inf, not NaN.
     shift = _fold(src.detach(), segment, n, "max").nan_to_num(neginf=0.0)
     total = _fold(torch.exp(src - shift.index_select(0, segment)), segment, n, "sum")
-    log_total = _LogOfSum.apply(total) if _needs_grad(total) else torch.log(total)
+    log_total = apply_function(_LogOfSum, total) if needs_grad(total) else torch.log(total)
     return log_total + shift
 
 
-def _needs_grad(t: torch.Tensor) -> bool:
-    # A custom autograd Function costs tens of microseconds per call even without autograd:
-    # use one only when a backward will run.
-    return t.requires_grad and torch.is_grad_enabled()
-
-
+@jvp_in_subclass
 class _LogOfSum(torch.autograd.Function):
     """``log(total)`` for ``total >= 0`` whose backward is 0 where ``total = 0``.
 
@@ -106,15 +279,26 @@ class _LogOfSum(torch.autograd.Function):
     ``1 / total`` derivative would make that ``inf * 0 = NaN``; the true gradient is 0.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, total):
-        ctx.save_for_backward(total)
+    def forward(total):
         return torch.log(total)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad):
         (total,) = ctx.saved_tensors
         return torch.where(total > 0, grad / total, torch.zeros_like(grad))
+
+    @staticmethod
+    def jvp(ctx, total_t):
+        (total,) = ctx.saved_tensors
+        return torch.where(total > 0, total_t / total, torch.zeros_like(total_t))
 
 
 def layer_forward_torch(

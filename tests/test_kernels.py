@@ -235,3 +235,102 @@ def test_hub_nodes_split_into_chunks(semiring):
         torch.testing.assert_close(g.sum(), g_ref.sum(), rtol=1e-9, atol=1e-12)
     else:
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def _small_circuit():
+    clauses = random_cnf(5, 4, seed=2)
+    c = Circuit(5)
+    c.add_cnf(clauses)
+    c.add_root(c.literal(-3))
+    return c.compile(), [models_of_cnf(clauses, 5), models_of_cnf([[-3]], 5)]
+
+
+def _real_oracle(models, p):
+    """Weighted model counts in plain torch: ``[..., V]`` -> ``[..., len(models)]``."""
+    w = [torch.where(m, p[..., None, :], 1 - p[..., None, :]).prod(-1).sum(-1) for m in models]
+    return torch.stack(w, dim=-1)
+
+
+def test_circuit_under_vmap_launches_once_per_layer(monkeypatch):
+    """The vmapped dimension joins the batch columns: one forward and one backward launch per
+    layer for the whole vmapped batch (not one per example), for vmap and vmap(grad)."""
+    compiled, models = _small_circuit()
+    module = compiled.module("real", backend="triton")
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = triton_layer.layer_forward, triton_layer.layer_backward
+
+    def counted_forward(*args):
+        calls["forward"] += 1
+        return forward(*args)
+
+    def counted_backward(*args):
+        calls["backward"] += 1
+        return backward(*args)
+
+    monkeypatch.setattr(triton_layer, "layer_forward", counted_forward)
+    monkeypatch.setattr(triton_layer, "layer_backward", counted_backward)
+    x = random_weights(4, 5, 3, extremes=True)
+    out = torch.func.vmap(module)(x)
+    torch.testing.assert_close(out, _real_oracle(models, x))
+    assert calls == {"forward": compiled.num_layers, "backward": 0}
+    per_example = torch.func.vmap(torch.func.grad(lambda p: module(p)[0]))(x)
+    assert calls == {"forward": 2 * compiled.num_layers, "backward": compiled.num_layers}
+    ref = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(_real_oracle(models, ref)[:, 0].sum(), ref)
+    torch.testing.assert_close(per_example, expected)
+
+
+def test_circuit_jacobian_by_jacrev():
+    """jacrev vmaps the backward over the cotangents while the saved forward state is not
+    vmapped (the backward's vmap rule repeats it across the columns); against the Jacobian of
+    the plain-torch oracle. Also under an outer vmap (per-example Jacobians)."""
+    compiled, models = _small_circuit()
+    module = compiled.module("real", backend="triton")
+    x = random_weights(3, 5, 4, extremes=True)
+    jac = torch.func.jacrev(module)(x[0])  # [roots, V]
+    torch.testing.assert_close(jac, torch.func.jacrev(lambda p: _real_oracle(models, p))(x[0]))
+    per_example = torch.func.vmap(torch.func.jacrev(module))(x)
+    expected = torch.func.vmap(torch.func.jacrev(lambda p: _real_oracle(models, p)))(x)
+    torch.testing.assert_close(per_example, expected)
+
+
+def test_circuit_backward_is_once_differentiable():
+    """A gradient with create_graph=True is still the gradient; differentiating it raises,
+    with autograd and with torch.func, instead of returning a wrong second derivative."""
+    compiled, models = _small_circuit()
+    module = compiled.module("real", backend="triton")
+    x = random_weights(2, 5, 5, extremes=False).requires_grad_(True)
+    (grad,) = torch.autograd.grad(module(x).sum(), x, create_graph=True)
+    ref = x.detach().clone().requires_grad_(True)
+    torch.testing.assert_close(grad, torch.autograd.grad(_real_oracle(models, ref).sum(), ref)[0])
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(grad.sum(), x)
+    scale = torch.ones(2, 2, dtype=x.dtype, requires_grad=True)  # a grad_output with a graph
+    (grad,) = torch.autograd.grad((module(x) * scale).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+    with pytest.raises(NotImplementedError, match="no double backward"):
+        torch.func.jacrev(torch.func.jacrev(lambda p: module(p)[0]))(x[0].detach())
+
+
+def test_hub_chunks_under_vmap_grad():
+    """Hub nodes (split into chunks forward and backward) under vmap(grad): per-example
+    gradients equal the batched call's (rows are independent), which equal the PyTorch path's."""
+    from trilay.engine.compiled import HUB_CHUNK
+
+    width = HUB_CHUNK + 44
+    c = Circuit(10)
+    terms = []
+    for i in range(width):
+        lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, 11)]
+        terms.append(c.conjoin([c.literal(lit) for lit in lits]))
+    c.add_root(c.disjoin(terms))
+    compiled = c.compile(smooth=False)
+    assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
+    assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
+    module = compiled.module("log", backend="triton")
+    x = random_weights(2, 10, 6, extremes=False).log()
+    per_example = torch.func.vmap(torch.func.grad(lambda p: module(p)[0]))(x)
+    ref = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(compiled.module("log", backend="torch")(ref).sum(), ref)
+    torch.testing.assert_close(per_example, expected, rtol=1e-10, atol=1e-12)

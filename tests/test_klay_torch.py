@@ -83,23 +83,7 @@ def test_pc_weight_gradients_through_vmap(definition):
     torch.testing.assert_close(via_vmap, pc.weights.grad)
 
 
-@pytest.mark.parametrize(
-    "semiring",
-    [
-        pytest.param(
-            s,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine defect: vmap(grad) of the real/mpe products (torch's "
-                "scatter_reduce prod backward calls .item()) and of log (its custom "
-                "autograd.Functions lack setup_context)",
-            ),
-        )
-        if s != "godel"
-        else s
-        for s in KLAY_SEMIRINGS
-    ],
-)
+@pytest.mark.parametrize("semiring", KLAY_SEMIRINGS)
 def test_per_example_gradients_vmap_of_grad(definition, semiring):
     """vmap(grad(f)): per-example input gradients (KLay supports it through torch's slow
     fallback)."""
@@ -113,12 +97,6 @@ def test_per_example_gradients_vmap_of_grad(definition, semiring):
     torch.testing.assert_close(per_example, torch.stack([torch.func.grad(f)(x) for x in x_pos]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="engine defect: the Triton path's CircuitFunction (kernels/layer.py) is an autograd "
-    "Function without setup_context or a vmap rule",
-)
 def test_vmap_on_the_triton_path(definition):
     """The Triton kernels (CUDA tensors, or the CPU in Triton's interpreter) under vmap."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,7 +104,7 @@ def test_vmap_on_the_triton_path(definition):
         pytest.skip("no GPU and not in Triton's interpreter")
     module = build(definition, Circuit()).to_torch_module("real", backend="triton").to(device)
     x_pos = random_inputs((4, V), "real", 0).to(device)
-    expected = module(x_pos)  # the plain call works; vmap raises
+    expected = module(x_pos)
     torch.testing.assert_close(torch.func.vmap(module)(x_pos), expected)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 import pytest
 import torch
 from conftest import DATA, brute_force, models_of_cnf, random_cnf, random_weights
-from trilay.engine import Circuit, CompiledCircuit
+from trilay.engine import Circuit, CompiledCircuit, log1mexp
 from trilay.engine.errors import (
     DeviceError,
     DTypeError,
@@ -217,3 +218,125 @@ def test_memory_budget_fails_closed(compiled):
     assert asked >= compiled.num_nodes * batch * 4
     with pytest.raises(MemoryBudgetError, match=rf"{asked:,} bytes.*{2**20:,} bytes"):
         module(torch.zeros(batch, 6))
+
+
+# ---------------------------------------------------------------------------- torch.func
+SEMIRINGS = ("real", "log", "mpe", "mpe_log", "godel")
+LOG_SPACE = ("log", "mpe_log")
+
+
+def oracle(pos, semiring):
+    """Both roots by brute force, the negative weights the complement computed in plain torch."""
+    neg = torch.log(-torch.expm1(pos)) if semiring in LOG_SPACE else 1 - pos
+    second = models_of_cnf([[2]], 6)
+    return torch.stack(
+        [brute_force(m, pos, neg, semiring) for m in (MODELS, second)], dim=-1
+    ).reshape(*pos.shape[:-1], 2)
+
+
+def device_for(backend: str) -> str:
+    if backend == "torch":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and not in Triton's interpreter")
+    return "cpu"
+
+
+def weights(semiring, seed, extremes, device):
+    p = random_weights(3, 6, seed, extremes=extremes)
+    return (p.log() if semiring in LOG_SPACE else p).to(device)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("semiring", SEMIRINGS)
+def test_vmap_equals_the_batched_call(compiled, semiring, backend):
+    device = device_for(backend)
+    module = compiled.module(semiring, backend=backend).to(device)
+    x = weights(semiring, 0, extremes=True, device=device)  # exact 0s and 1s: zeros, -inf
+    y = weights(semiring, 1, extremes=False, device=device)
+    batched = module(x)
+    torch.testing.assert_close(batched.cpu(), oracle(x.cpu(), semiring))
+    torch.testing.assert_close(torch.func.vmap(module)(x), batched)
+    torch.testing.assert_close(torch.func.vmap(module)(x, y), module(x, y))
+    # The vmapped dimension last, and neg shared by every example.
+    last = torch.func.vmap(module, in_dims=1, out_dims=1)(x.t().contiguous())
+    torch.testing.assert_close(last, batched.t())
+    shared = torch.func.vmap(module, in_dims=(0, None))(x, y[0])
+    torch.testing.assert_close(shared, module(x, y[:1].expand_as(y)))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("semiring", SEMIRINGS)
+def test_per_example_gradients_under_vmap(compiled, semiring, backend):
+    """vmap(grad(f)) equals each row's own autograd gradient, and autograd through a vmapped
+    call, and grad of it, equal their sum (exact 0s and 1s included: zero factors, -inf log
+    weights). Without them, and in the semirings whose gradient is unique there (no ties),
+    vmap(grad(f)) equals plain-torch autograd of the brute-force oracle."""
+    device = device_for(backend)
+    module = compiled.module(semiring, backend=backend).to(device)
+    cot = torch.tensor([0.7, -1.3], dtype=torch.float64, device=device)
+
+    def loss(p):
+        return (module(p) * cot).sum()
+
+    x = weights(semiring, 2, extremes=True, device=device)
+    rows = []
+    for row in x:
+        row = row.clone().requires_grad_(True)
+        rows.append(torch.autograd.grad(loss(row), row)[0])
+    rows = torch.stack(rows)
+    per_example = torch.func.vmap(torch.func.grad(loss))(x)
+    assert torch.isfinite(per_example).all()
+    torch.testing.assert_close(per_example, rows)
+    through = x.clone().requires_grad_(True)
+    (torch.func.vmap(module)(through) * cot).sum().backward()
+    torch.testing.assert_close(through.grad, rows)
+    of_vmap = torch.func.grad(lambda p: (torch.func.vmap(module)(p) * cot).sum())(x)
+    torch.testing.assert_close(of_vmap, rows)
+
+    if semiring != "godel":  # godel: a max over models of their min weight ties often
+        smooth = weights(semiring, 3, extremes=False, device=device)
+        ref = smooth.cpu().clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad((oracle(ref, semiring) * cot.cpu()).sum(), ref)
+        got = torch.func.vmap(torch.func.grad(loss))(smooth)
+        torch.testing.assert_close(got.cpu(), expected)
+
+
+def test_log1mexp_under_vmap_grad():
+    """log(1 - e^x) and its derivative -e^x / (1 - e^x) per example. At x = 0 the complement
+    is -inf: a zero gradient reaching it (as in a circuit, where a -inf term has softmax
+    weight 0) gives 0, not 0 * inf = NaN; a non-zero one gives the limit, -inf."""
+    x = torch.tensor(
+        [[-2.0, -0.1, 0.0, -float("inf")], [-1e-8, -30.0, -0.7, 0.0]], dtype=torch.float64
+    )
+    upstream = torch.tensor([[1.5, -0.5, 0.0, 2.0], [1.0, 3.0, 0.25, 1.0]], dtype=x.dtype)
+    per_example = torch.func.vmap(torch.func.grad(lambda v, w: (log1mexp(v) * w).sum()))(
+        x, upstream
+    )
+    derivative = torch.exp(x) / torch.expm1(x)  # for x < 0; 0 at x = -inf
+    expected = torch.where(x < 0, upstream * derivative, -torch.inf)  # x = 0: the limit
+    expected[0, 2] = 0.0  # x = 0 with a zero upstream gradient
+    torch.testing.assert_close(per_example, expected, rtol=1e-12, atol=0)
+    finite = (x < 0) & (x > -torch.inf)
+    values = torch.func.vmap(log1mexp)(x)
+    torch.testing.assert_close(values[finite], torch.log(-torch.expm1(x[finite])))
+    assert (values[x == 0] == -torch.inf).all() and (values[x == -torch.inf] == 0).all()
+
+
+@pytest.mark.parametrize("semiring", ["real", "log"])
+def test_forward_mode_and_hessians_on_the_torch_path(compiled, semiring):
+    """jvp and per-example Hessians (forward over reverse) of the PyTorch path against the
+    brute-force oracle's (the Triton path is once differentiable, reverse mode only)."""
+    module = compiled.module(semiring, backend="torch")
+    x = weights(semiring, 4, extremes=False, device="cpu")
+    tangent = torch.rand(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    _, got = torch.func.jvp(module, (x,), (tangent,))
+    _, want = torch.func.jvp(lambda p: oracle(p, semiring), (x,), (tangent,))
+    torch.testing.assert_close(got, want)
+    cot = torch.tensor([0.7, -1.3], dtype=x.dtype)
+    hessians = torch.func.vmap(torch.func.hessian(lambda p: (module(p) * cot).sum()))(x)
+    per_row = lambda p: (oracle(p[None], semiring)[0] * cot).sum()  # noqa: E731
+    expected = torch.func.vmap(torch.func.hessian(per_row))(x)
+    torch.testing.assert_close(hessians, expected)

@@ -41,13 +41,3 @@ class InvalidProbability(TrilayError, ValueError):
 
 class InconsistentEvidenceError(TrilayError, ValueError):
     """The evidence has probability zero, so no conditional probability exists."""
-
-
-__all__ = [
-    "UnsupportedConstruct",
-    "UnknownNetwork",
-    "UnknownInput",
-    "NetworkOutputError",
-    "InvalidProbability",
-    "InconsistentEvidenceError",
-]

@@ -81,7 +81,7 @@ from trilay.engine import CompiledCircuit, get_semiring
 from trilay.engine.circuit import AND, FALSE, LITERAL, TRUE
 from trilay.engine.errors import CircuitError, DTypeError, SemiringError, ShapeError
 from trilay.engine.io import read_nnf_file, read_sdd_file, sdd_node_arrays
-from trilay.engine.semiring import Semiring
+from trilay.engine.semiring import Semiring, log1mexp
 from trilay.kernels.reference import layer_forward_torch
 
 #: KLay's semirings, evaluated on the circuit as written (no smoothing), as KLay does: the
@@ -448,7 +448,7 @@ class ProbabilisticCircuitModule(CircuitModule):
         ``-1..-V``) the sampled branches reach."""
         num_edges, num_samples = self.weights.numel(), log_pos.shape[1]
         weights = self.log_edge_weights().float()[:, None].expand(num_edges, num_samples)
-        log_neg = _log1mexp(log_pos)
+        log_neg = log1mexp(log_pos)
         inputs = torch.cat(
             [
                 torch.tensor([[-math.inf], [0.0]], device=log_pos.device).expand(-1, num_samples),
@@ -487,10 +487,6 @@ class ProbabilisticCircuitModule(CircuitModule):
 
 def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return index[:, None].expand_as(like)
-
-
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    return get_semiring("log").complement(x)
 
 
 def _weighted_circuit(compiled: CompiledCircuit) -> tuple[_IR, np.ndarray]:

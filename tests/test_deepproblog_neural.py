@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import math
 import struct
 
 import numpy as np
@@ -233,3 +234,19 @@ def test_mnist_addition_command_reports_each_size(capsys):
     assert "N=1 epoch 1:" in out
     summary = out.split("summary:")[1]
     assert "trilay       N=1: compile" in summary and "after 1 epoch" in summary
+
+
+def test_nn2_complement_is_exact_near_probability_one():
+    # P(not h) = 1 - p from the network's own output: with log_probs, exp(log p) rounds to 1
+    # below |log p| ~ 1e-16, and 1 - that would be 0.
+    program = "nn(net,[X]) :: h(X).\nq(X) :- \\+h(X)."
+    log_p = -1e-17
+    for outputs, row, expected in [
+        ("probs", [1 - 2**-40], 2**-40),  # 1 - 2**-40 is exact in float64
+        ("log_probs", [log_p], -math.expm1(log_p)),
+    ]:
+        model = Model(program, {"net": Table(row)}, outputs=outputs)
+        got = model(["q(x)"], {"x": torch.tensor([0])})
+        torch.testing.assert_close(
+            got, torch.tensor([expected], dtype=torch.float64), rtol=1e-9, atol=0
+        )

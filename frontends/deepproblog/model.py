@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from problog.logic import Term
 from trilay.engine.errors import ShapeError
+from trilay.engine.semiring import log1mexp
 
 from .errors import (
     InconsistentEvidenceError,
@@ -209,7 +210,9 @@ class Model(torch.nn.Module):
             self._check(network, pred, out, log_p)
         if pred.categorical:
             return log_p
-        return torch.stack([log_p, torch.log1p(-log_p.exp())], dim=1)
+        # log(1 - p) from what the network gave, not through exp(log p): exact near p = 1.
+        log_not = log1mexp(out) if self.outputs == "log_probs" else torch.log1p(-out)
+        return torch.stack([log_p, log_not], dim=1)
 
     def _check(self, network, pred, out, log_p) -> None:
         p = log_p.exp() if self.outputs == "log_probs" else out

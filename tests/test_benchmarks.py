@@ -325,6 +325,8 @@ def test_3cnf_sdd_counts_the_models_of_its_clauses(tmp_path):
     assert get_workload("3cnf-10-s7", cache_dir=tmp_path).name == "3cnf-10-s7"
     with pytest.raises(ValueError, match="unknown workload"):
         get_workload("nope")
+    with pytest.raises(ValueError, match="at least 1 digit"):
+        get_workload("mnist-add-0", cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("digits", [1, 2])

@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         metavar="NAME",
         choices=list(all_providers()),
-        help=f"some of {', '.join(all_providers())} (quick: all but klay-compiled)",
+        help=f"some of {', '.join(all_providers())} (quick: not klay-compiled, trilay-layers)",
     )
     parser.add_argument(
         "--batch-sizes",

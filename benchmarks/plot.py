@@ -13,6 +13,8 @@ from collections import defaultdict
 
 MARKERS = {
     "trilay": "o",
+    "trilay-graphs": "P",
+    "trilay-layers": "*",
     "scatter": "s",
     "naive": "x",
     "klay": "^",

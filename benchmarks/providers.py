@@ -7,6 +7,10 @@ literal gets the semiring's complement) to root values ``[B, num_roots]``. The h
 
 - ``trilay``: ``CompiledCircuit.module(semiring)`` with its default backend (the Triton kernels
   on GPU once they exist, the PyTorch path otherwise).
+- ``trilay-graphs`` (CUDA only): the same with ``cuda_graphs=True``, every launch of a
+  forward (and its backward) replayed from one CUDA graph.
+- ``trilay-layers`` (CUDA only): ``trilay-graphs`` with ``fuse_layers=False``, one launch per
+  layer: what fusing pairs of layers gains.
 - ``scatter``: :class:`benchmarks.scatter.ScatterCircuit`, gather + scatter reduce per layer.
 - ``naive``: :func:`trilay.engine.evaluate_naive`, one torch op per node.
 - ``klay`` / ``klay-compiled``: klaycircuits' torch module, eager / ``torch.compile``.
@@ -73,11 +77,24 @@ def load_circuit(workload: Workload) -> Circuit:
 
 
 class TrilayProvider(Provider):
+    """trilay's module; ``options`` are :class:`~trilay.engine.CircuitModule`'s, and any
+    option makes the provider CUDA-only (the options tune the Triton path)."""
+
     name = "trilay"
+
+    def __init__(self, name: str | None = None, **options):
+        if name is not None:
+            self.name = name
+        self.options = options
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        if self.options and ctx.device.type != "cuda":
+            return "CUDA only"
+        return None
 
     def setup(self, ctx: Context) -> Fn:
         compiled = load_circuit(ctx.workload).compile(smooth=False).to(ctx.device)
-        return compiled.module(ctx.semiring)
+        return compiled.module(ctx.semiring, **self.options)
 
 
 class ScatterProvider(Provider):
@@ -185,6 +202,8 @@ def all_providers() -> dict[str, Provider]:
     """Every provider by name, in table order."""
     providers = [
         TrilayProvider(),
+        TrilayProvider("trilay-graphs", cuda_graphs=True),
+        TrilayProvider("trilay-layers", cuda_graphs=True, fuse_layers=False),
         ScatterProvider(),
         NaiveProvider(),
         KlayProvider(compiled=False),
@@ -195,4 +214,4 @@ def all_providers() -> dict[str, Provider]:
 
 
 #: The providers of ``--quick`` (klay-compiled costs minutes of compilation per circuit).
-QUICK_PROVIDERS = ("trilay", "scatter", "naive", "klay", "pysdd")
+QUICK_PROVIDERS = ("trilay", "trilay-graphs", "scatter", "naive", "klay", "pysdd")

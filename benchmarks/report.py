@@ -100,33 +100,43 @@ def format_table(rows: list[dict]) -> str:
 
 
 def verdicts(rows: list[dict], against=("pysdd", "klay", "klay-compiled", "scatter")) -> list[str]:
-    """One line per (workload, batch, mode): the fastest provider and trilay's standing."""
+    """One line per (workload, batch, mode) and trilay variant (``trilay``,
+    ``trilay-graphs``, ...): whether it beats every other library's provider, and its ratio to
+    each of ``against``."""
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for row in rows:
         if row["status"] == "ok":
             groups[(row["workload"], row["batch"], row["mode"])][row["provider"]] = row
     lines = []
     for (workload, batch, mode), by_provider in groups.items():
-        trilay = by_provider.get("trilay")
-        if trilay is None:
-            continue
-        best = min(by_provider.values(), key=lambda r: r["median_ms"])
-        parts = []
-        for other in against:
-            if other in by_provider:
-                ratio = trilay["median_ms"] / by_provider[other]["median_ms"]
-                if 1 / 1.05 <= ratio <= 1.05:
-                    parts.append(f"on par with {other}")
-                elif ratio > 1:
-                    parts.append(f"{ratio:.1f}x slower than {other}")
-                else:
-                    parts.append(f"{1 / ratio:.1f}x faster than {other}")
-        verdict = "trilay fastest" if best is trilay else f"trilay LOSES to {best['provider']}"
-        lines.append(
-            f"{workload:>10} b={batch:<5} {_MODE_SHORT.get(mode, mode):<7} {verdict}: "
-            + ", ".join(parts)
-        )
+        others = [r for name, r in by_provider.items() if not _is_trilay(name)]
+        for name, trilay in by_provider.items():
+            if not _is_trilay(name):
+                continue
+            parts = []
+            for other in against:
+                if other in by_provider:
+                    ratio = trilay["median_ms"] / by_provider[other]["median_ms"]
+                    if 1 / 1.05 <= ratio <= 1.05:
+                        parts.append(f"on par with {other}")
+                    elif ratio > 1:
+                        parts.append(f"{ratio:.1f}x slower than {other}")
+                    else:
+                        parts.append(f"{1 / ratio:.1f}x faster than {other}")
+            best = min(others, key=lambda r: r["median_ms"], default=None)
+            if best is None or trilay["median_ms"] <= best["median_ms"]:
+                verdict = f"{name} fastest"
+            else:
+                verdict = f"{name} LOSES to {best['provider']}"
+            lines.append(
+                f"{workload:>10} b={batch:<5} {_MODE_SHORT.get(mode, mode):<7} {verdict}: "
+                + ", ".join(parts)
+            )
     return lines
+
+
+def _is_trilay(provider: str) -> bool:
+    return provider == "trilay" or provider.startswith("trilay-")
 
 
 def growth(rows: list[dict]) -> list[str]:

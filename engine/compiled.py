@@ -162,7 +162,8 @@ class CompiledCircuit:
 
     def module(self, semiring="real", **options):
         """A :class:`~trilay.engine.module.CircuitModule` evaluating it in ``semiring``;
-        ``options`` are the module's (``backend``, ``memory_budget_mb``, ``cuda_graphs``)."""
+        ``options`` are the module's (``backend``, ``memory_budget_mb``, ``cuda_graphs``,
+        ``fuse_layers``)."""
         from .module import CircuitModule
 
         return CircuitModule(self, semiring, **options)

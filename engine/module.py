@@ -45,6 +45,10 @@ class CircuitModule(torch.nn.Module):
     ``torch.cuda.make_graphed_callables`` and replayed afterwards, removing the per-layer
     launch cost. The circuit must not change while graphs exist. Off by default until it has
     been validated on a GPU (see tests/test_gpu.py).
+
+    ``fuse_layers`` (Triton backend): run pairs of consecutive layers as one forward and one
+    backward launch where that repeats little work
+    (:func:`trilay.kernels.layer.plan_fusion`); the results are the same either way.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class CircuitModule(torch.nn.Module):
         backend: str = "auto",
         memory_budget_mb: float | None = None,
         cuda_graphs: bool = False,
+        fuse_layers: bool = True,
     ):
         super().__init__()
         self.semiring = get_semiring(semiring)
@@ -71,6 +76,7 @@ class CircuitModule(torch.nn.Module):
         self.layer_kinds = [layer.kind for layer in compiled.layers]
         self.memory_budget_mb = memory_budget_mb
         self.cuda_graphs = cuda_graphs
+        self.fuse_layers = fuse_layers
         self._graphs: dict[tuple, object] = {}
         self._backend_layers: dict[str, list] = {}  # filled by _evaluate
         # Sizes as Python ints: the budget check reads no device memory.
@@ -176,14 +182,15 @@ class CircuitModule(torch.nn.Module):
         layers = map(self.layer, range(len(self.layer_kinds)))
         if backend == "triton":
             try:
-                from trilay.kernels.layer import TritonLayer
+                from trilay.kernels.layer import TritonLayer, plan_fusion
             except ImportError as err:
                 raise DeviceError(f"the Triton backend cannot run: {err}") from err
-            fields = [f for f in TritonLayer._fields if f != "reduce"]
-            return [
+            fields = [f for f in TritonLayer._fields if f not in ("reduce", "fused_with_next")]
+            triton_layers = [
                 TritonLayer(**{f: getattr(layer, f) for f in fields}, reduce=reductions[layer.kind])
                 for layer in layers
             ]
+            return plan_fusion(triton_layers) if self.fuse_layers else triton_layers
         return [
             TorchLayer(layer.child, layer.offsets, reductions[layer.kind], layer.edge_parent)
             for layer in layers

@@ -220,6 +220,98 @@ def _layer_combine_kernel(
     _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE)
 
 
+@triton.jit
+def _pair_fwd_kernel(
+    values_ptr,  # [n_below, batch] the layer below the lower layer
+    low_child_ptr,  # [E_low] int32 the lower layer's CSR
+    low_offsets_ptr,  # [n_low + 1] int32
+    child_ptr,  # [E] int32 the upper layer's CSR, over the lower layer's nodes
+    offsets_ptr,  # [n + 1] int32
+    low_out_ptr,  # [n_low, batch] the lower layer's state, as _layer_fwd_kernel writes it
+    low_aux_ptr,
+    low_arg_ptr,
+    out_ptr,  # [n, batch] the upper layer's state
+    aux_ptr,
+    arg_ptr,
+    n,
+    batch,
+    LOW_REDUCE: tl.constexpr,
+    LOW_NEUTRAL: tl.constexpr,
+    REDUCE: tl.constexpr,
+    NEUTRAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """Two layers in one launch: each upper node reduces its children, computing each child
+    (a lower node) in registers from the rows below. A lower node with several parents is
+    computed once per parent and stored by each, the same value every time (the fusion plan
+    bounds that recomputation); every lower node has a parent, so every row is written."""
+    cols, node_mask, col_mask, start, length, where = _tile(offsets_ptr, n, batch, BLOCK_N, BLOCK_B)
+    tile_mask = node_mask[:, None] & col_mask[None, :]
+    dtype = values_ptr.dtype.element_ty
+
+    acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
+    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)
+    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)
+    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)
+    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
+
+    for j in range(0, tl.max(length, axis=0)):
+        edge_mask = node_mask & (j < length)
+        edge = start + j
+        low = tl.load(child_ptr + edge, mask=edge_mask, other=0)
+        mask = edge_mask[:, None] & col_mask[None, :]
+        low_start = tl.load(low_offsets_ptr + low, mask=edge_mask, other=0)
+        low_length = tl.load(low_offsets_ptr + low + 1, mask=edge_mask, other=0) - low_start
+
+        low_acc = tl.full((BLOCK_N, BLOCK_B), LOW_NEUTRAL, dtype)
+        low_zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)
+        low_nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)
+        low_total = tl.zeros((BLOCK_N, BLOCK_B), dtype)
+        low_arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + low_start[:, None]
+        for k in range(0, tl.max(low_length, axis=0)):
+            low_edge_mask = edge_mask & (k < low_length)
+            low_edge = low_start + k
+            child = tl.load(low_child_ptr + low_edge, mask=low_edge_mask, other=0).to(tl.int64)
+            x = tl.load(
+                values_ptr + child[:, None] * batch + cols[None, :],
+                mask=low_edge_mask[:, None] & col_mask[None, :],
+                other=LOW_NEUTRAL,
+            )
+            low_acc, low_total, low_zeros, low_nonzero, low_arg = _step(
+                low_acc,
+                low_total,
+                low_zeros,
+                low_nonzero,
+                low_arg,
+                x,
+                low_edge[:, None],
+                LOW_REDUCE,
+            )
+        low_out, low_aux, low_arg = _finish(
+            low_acc, low_total, low_zeros, low_nonzero, low_arg, low_length, LOW_REDUCE
+        )
+        low_where = low[:, None].to(tl.int64) * batch + cols[None, :]
+        _store(
+            low_out_ptr,
+            low_aux_ptr,
+            low_arg_ptr,
+            low_where,
+            mask,
+            low_out,
+            low_aux,
+            low_arg,
+            LOW_REDUCE,
+        )
+        x = tl.where(mask, low_out, NEUTRAL)
+        acc, total, zeros, nonzero, arg = _step(
+            acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
+        )
+
+    out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
+    _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE)
+
+
 # d out[p] / d x[c] for an edge p -> c, by reduction (o = out[p], x = x[c]):
 #   sum: 1              prod: with a[p] the product of the non-zero children and z[p] their
 #                       zero count: a / x if x != 0 and z = 0; a if x = 0 and z = 1; else 0
@@ -228,7 +320,44 @@ def _layer_combine_kernel(
 #                       first child in CSR order takes the whole gradient)
 #   lukasiewicz_and: 1 if aux[p] = sum - (n - 1) >= 0     lukasiewicz_or: 1 if aux[p] = sum <= 1
 #   prob_sum: the product of the others' (1 - x): the prod rule on 1 - x
-# grad_in[c] = sum over the parent edges of c of grad_out[p] * d out[p] / d x[c].
+@triton.jit
+def _edge_grad(g, out_ptr, aux_ptr, arg_ptr, at, mask, edge, x, REDUCE: tl.constexpr):
+    """``g * d out[p] / d x`` for a tile of edges ``p -> c``: ``g`` the parents' gradient,
+    ``at`` their rows' offsets, ``edge`` the edge ids, ``x`` the children's values (``1 - x``
+    for prob_sum); 0 where ``mask`` is off."""
+    if REDUCE == 0:
+        d = g
+    elif REDUCE == 1 or REDUCE == 7:
+        a = tl.load(aux_ptr + at, mask=mask, other=0.0)
+        z = tl.load(arg_ptr + at, mask=mask, other=2)
+        nonzero_x = x != 0.0
+        others = tl.where(nonzero_x, a / tl.where(nonzero_x, x, 1.0), a)
+        d = tl.where(z == (1 - nonzero_x.to(tl.int32)), g * others, 0.0)
+    elif REDUCE == 2:
+        o = tl.load(out_ptr + at, mask=mask, other=float("-inf"))
+        d = tl.where(o == float("-inf"), 0.0, g * tl.exp(x - o))
+    elif REDUCE == 3 or REDUCE == 4:
+        a = tl.load(arg_ptr + at, mask=mask, other=-2)
+        d = tl.where(a == edge, g, 0.0)
+    elif REDUCE == 5:
+        a = tl.load(aux_ptr + at, mask=mask, other=-1.0)
+        d = tl.where(a >= 0.0, g, 0.0)
+    else:
+        a = tl.load(aux_ptr + at, mask=mask, other=2.0)
+        d = tl.where(a <= 1.0, g, 0.0)
+    return tl.where(mask, d, 0.0)
+
+
+@triton.jit
+def _arg_edge(parent_edge_ptr, idx, mask, REDUCE: tl.constexpr):
+    """The edge ids at transposed-CSR positions ``idx``; only max/min read them."""
+    edge = idx
+    if REDUCE == 3 or REDUCE == 4:
+        edge = tl.load(parent_edge_ptr + idx, mask=mask, other=-1)
+    return edge
+
+
+# grad_in[c] = sum over the parent edges p -> c of grad_out[p] * d out[p] / d x[c].
 @triton.jit
 def _layer_bwd_kernel(
     grad_out_ptr,  # [n, batch]
@@ -267,30 +396,88 @@ def _layer_bwd_kernel(
         mask = edge_mask[:, None] & col_mask[None, :]
         idx = start + j
         parent = tl.load(parent_ptr + idx, mask=edge_mask, other=0).to(tl.int64)
+        edge = _arg_edge(parent_edge_ptr, idx, edge_mask, REDUCE)
         at = parent[:, None] * batch + cols[None, :]
         g = tl.load(grad_out_ptr + at, mask=mask, other=0.0)
-        if REDUCE == 0:
-            d = g
-        elif REDUCE == 1 or REDUCE == 7:
-            a = tl.load(aux_ptr + at, mask=mask, other=0.0)
-            z = tl.load(arg_ptr + at, mask=mask, other=2)
-            nonzero_x = x != 0.0
-            others = tl.where(nonzero_x, a / tl.where(nonzero_x, x, 1.0), a)
-            d = tl.where(z == (1 - nonzero_x.to(tl.int32)), g * others, 0.0)
-        elif REDUCE == 2:
-            o = tl.load(out_ptr + at, mask=mask, other=float("-inf"))
-            d = tl.where(o == float("-inf"), 0.0, g * tl.exp(x - o))
-        elif REDUCE == 3 or REDUCE == 4:
-            edge = tl.load(parent_edge_ptr + idx, mask=edge_mask, other=-1)
-            a = tl.load(arg_ptr + at, mask=mask, other=-2)
-            d = tl.where(a == edge[:, None], g, 0.0)
-        elif REDUCE == 5:
-            a = tl.load(aux_ptr + at, mask=mask, other=-1.0)
-            d = tl.where(a >= 0.0, g, 0.0)
-        else:
-            a = tl.load(aux_ptr + at, mask=mask, other=2.0)
-            d = tl.where(a <= 1.0, g, 0.0)
-        acc += tl.where(mask, d, 0.0)
+        acc += _edge_grad(g, out_ptr, aux_ptr, arg_ptr, at, mask, edge[:, None], x, REDUCE)
+
+    tl.store(grad_in_ptr + where, acc, mask=tile_mask)
+
+
+# Two layers' backward in one launch, for a fused pair (lower layer q over the rows below,
+# upper layer p over q): grad_in[c] = sum over edges q -> c of grad_q[q] * d q / d x[c], with
+# grad_q[q] = sum over edges p -> q of grad_out[p] * d p / d q recomputed for each edge q -> c
+# instead of being stored (the fusion plan bounds the recomputation).
+@triton.jit
+def _pair_bwd_kernel(
+    grad_out_ptr,  # [n, batch] gradient of the upper layer
+    out_ptr,  # [n, batch] upper layer's forward state
+    aux_ptr,
+    arg_ptr,
+    low_out_ptr,  # [n_low, batch] lower layer's forward state
+    low_aux_ptr,
+    low_arg_ptr,
+    values_ptr,  # [n_below, batch] the lower layer's input
+    parent_edge_ptr,  # [E] int32 the upper layer's transposed CSR
+    parent_ptr,
+    parent_offsets_ptr,  # [n_low + 1]
+    low_parent_edge_ptr,  # [E_low] int32 the lower layer's transposed CSR
+    low_parent_ptr,
+    low_parent_offsets_ptr,  # [n_below + 1]
+    grad_in_ptr,  # [n_below, batch]
+    n_rows,
+    batch,
+    LOW_REDUCE: tl.constexpr,
+    REDUCE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    cols, row_mask, col_mask, start, count, where = _tile(
+        low_parent_offsets_ptr, n_rows, batch, BLOCK_N, BLOCK_B
+    )
+    tile_mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
+    if LOW_REDUCE == 7:
+        x = 1.0 - x
+    dtype = values_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_N, BLOCK_B), dtype)
+
+    for j in range(0, tl.max(count, axis=0)):
+        edge_mask = row_mask & (j < count)
+        mask = edge_mask[:, None] & col_mask[None, :]
+        idx = start + j
+        low = tl.load(low_parent_ptr + idx, mask=edge_mask, other=0)
+        low_edge = _arg_edge(low_parent_edge_ptr, idx, edge_mask, LOW_REDUCE)
+        low_at = low[:, None].to(tl.int64) * batch + cols[None, :]
+        low_x = tl.load(low_out_ptr + low_at, mask=mask, other=1.0)
+        if REDUCE == 7:
+            low_x = 1.0 - low_x
+
+        up_start = tl.load(parent_offsets_ptr + low, mask=edge_mask, other=0)
+        up_count = tl.load(parent_offsets_ptr + low + 1, mask=edge_mask, other=0) - up_start
+        grad_low = tl.zeros((BLOCK_N, BLOCK_B), dtype)
+        for k in range(0, tl.max(up_count, axis=0)):
+            up_mask = edge_mask & (k < up_count)
+            up_tile_mask = up_mask[:, None] & col_mask[None, :]
+            up_idx = up_start + k
+            parent = tl.load(parent_ptr + up_idx, mask=up_mask, other=0).to(tl.int64)
+            edge = _arg_edge(parent_edge_ptr, up_idx, up_mask, REDUCE)
+            at = parent[:, None] * batch + cols[None, :]
+            g = tl.load(grad_out_ptr + at, mask=up_tile_mask, other=0.0)
+            grad_low += _edge_grad(
+                g, out_ptr, aux_ptr, arg_ptr, at, up_tile_mask, edge[:, None], low_x, REDUCE
+            )
+        acc += _edge_grad(
+            grad_low,
+            low_out_ptr,
+            low_aux_ptr,
+            low_arg_ptr,
+            low_at,
+            mask,
+            low_edge[:, None],
+            x,
+            LOW_REDUCE,
+        )
 
     tl.store(grad_in_ptr + where, acc, mask=tile_mask)
 
@@ -458,7 +645,8 @@ def layer_bwd(
 
 class TritonLayer(NamedTuple):
     """One layer for :func:`circuit_forward_triton`: the int32 index tensors of
-    :class:`trilay.engine.Layer` (hub plans may be empty) and the layer's reduction."""
+    :class:`trilay.engine.Layer` (hub plans may be empty), the layer's reduction, and whether
+    it runs fused with the next layer (see :func:`plan_fusion`)."""
 
     child: torch.Tensor
     offsets: torch.Tensor
@@ -471,6 +659,11 @@ class TritonLayer(NamedTuple):
     parent_chunk_of_child: torch.Tensor
     parent_chunk_child: torch.Tensor
     reduce: str
+    fused_with_next: bool = False
+
+    @property
+    def has_hubs(self) -> bool:
+        return bool(self.chunk_offsets.numel() or self.parent_chunk_offsets.numel())
 
 
 def _arange(n: int, device: torch.device) -> torch.Tensor:
@@ -518,6 +711,93 @@ def layer_backward(grad_out, out, aux, arg, values, layer: TritonLayer) -> torch
     )
 
 
+def pair_forward(values: torch.Tensor, low: TritonLayer, up: TritonLayer):
+    """Launch the fused forward of two consecutive layers (``low`` reads ``values``, ``up``
+    reads ``low``): ``(low_state, up_state)``, each ``(out, aux, arg)`` exactly as
+    :func:`layer_fwd` computes it for that layer."""
+    low_code, code = _code(low.reduce), _code(up.reduce)
+    _check_device(values)
+    values = values.contiguous()
+    n_low, n = low.offsets.numel() - 1, up.offsets.numel() - 1
+    low_out, low_aux, low_arg = _outputs(
+        n_low, values, low_code in _NEEDS_AUX, low_code in _NEEDS_ARG
+    )
+    out, aux, arg = _outputs(n, values, code in _NEEDS_AUX, code in _NEEDS_ARG)
+    args = (values, low.child, low.offsets, up.child, up.offsets)
+    args += (low_out, _or(low_aux, low_out), _or(low_arg, low.child))
+    args += (out, _or(aux, out), _or(arg, up.child))
+    _launch(
+        _pair_fwd_kernel,
+        n,
+        values.shape[1],
+        args,
+        LOW_REDUCE=low_code,
+        LOW_NEUTRAL=_NEUTRAL[low_code],
+        REDUCE=code,
+        NEUTRAL=_NEUTRAL[code],
+    )
+    return (low_out, low_aux, low_arg), (out, aux, arg)
+
+
+def pair_backward(grad_out, state, low_state, values, low: TritonLayer, up: TritonLayer):
+    """Launch the fused backward of two consecutive layers: ``d loss / d values``
+    (``[n_below, B]``) from the upper layer's gradient ``grad_out`` and both layers' forward
+    states."""
+    low_code, code = _code(low.reduce), _code(up.reduce)
+    grad_out = grad_out.contiguous()
+    out, aux, arg = state
+    low_out, low_aux, low_arg = low_state
+    grad_in, _, _ = _outputs(values.shape[0], values, False, False)
+    args = (grad_out, out, _or(aux, out), _or(arg, up.parent_edge))
+    args += (low_out, _or(low_aux, low_out), _or(low_arg, low.parent_edge), values)
+    args += (up.parent_edge, up.parent, up.parent_offsets)
+    args += (low.parent_edge, low.parent, low.parent_offsets, grad_in)
+    _launch(
+        _pair_bwd_kernel, values.shape[0], values.shape[1], args, LOW_REDUCE=low_code, REDUCE=code
+    )
+    return grad_in
+
+
+#: The most work a fused pair may repeat: the lower layer's edges are walked once per parent
+#: of their node, so a pair fuses when sum(fan_in * fan_out) <= this * sum(fan_in) over the
+#: lower layer's nodes (1.0: only nodes with one parent each).
+MAX_RECOMPUTE = 1.1
+
+
+def plan_fusion(
+    layers: Sequence[TritonLayer], max_recompute: float = MAX_RECOMPUTE
+) -> list[TritonLayer]:
+    """The layers with ``fused_with_next`` set where two consecutive layers run as one
+    forward and one backward launch (pairs taken greedily from the bottom): neither has hub
+    plans, every node of the lower one has a parent in the upper one (so the fused forward
+    writes all its rows), and the recomputation stays within ``max_recompute``.
+
+    Fusion halves the dependent kernel launches of a deep circuit, the cost that dominates
+    small circuits on a GPU. Runs once when a module builds its Triton layers: it reads the
+    index tensors' sizes back to the host (one sync per layer, not in the hot path).
+    """
+    planned = [layer._replace(fused_with_next=False) for layer in layers]
+    k = 0
+    while k + 1 < len(planned):
+        if _fusable(planned[k], planned[k + 1], max_recompute):
+            planned[k] = planned[k]._replace(fused_with_next=True)
+            k += 2
+        else:
+            k += 1
+    return planned
+
+
+def _fusable(low: TritonLayer, up: TritonLayer, max_recompute: float) -> bool:
+    if low.has_hubs or up.has_hubs:
+        return False
+    fan_in = (low.offsets[1:] - low.offsets[:-1]).to(torch.float64)
+    fan_out = (up.parent_offsets[1:] - up.parent_offsets[:-1]).to(torch.float64)
+    if fan_out.numel() and int(fan_out.min()) == 0:
+        return False  # a node nobody reads: the fused forward would leave its row unwritten
+    edges = float(fan_in.sum())
+    return not edges or float((fan_in * fan_out).sum()) <= max_recompute * edges
+
+
 def _fold_vmapped(t: torch.Tensor, dim: int | None, width: int) -> torch.Tensor:
     """A vmapped ``[..., n, B]`` (vmapped dimension ``dim``) as ``[n, B * width]``: the
     vmapped dimension joins the batch columns, column ``b * width + w``. An unbatched tensor
@@ -553,21 +833,33 @@ def _layer_states(layers: Sequence[TritonLayer], state: Sequence[torch.Tensor]):
 
 
 def _circuit_forward(inputs: torch.Tensor, layers: Sequence[TritonLayer]):
-    """Every layer's forward kernels: each layer's ``(out, aux, arg)``, in layer order."""
+    """Every layer's forward kernels (one launch per fused pair): each layer's
+    ``(out, aux, arg)``, in layer order."""
     values = inputs.contiguous()
-    states = []
-    for layer in layers:
-        states.append(layer_forward(values, layer))
+    states, k = [], 0
+    while k < len(layers):
+        if layers[k].fused_with_next:
+            states.extend(pair_forward(values, layers[k], layers[k + 1]))
+            k += 2
+        else:
+            states.append(layer_forward(values, layers[k]))
+            k += 1
         values = states[-1][0]
     return states
 
 
 def _circuit_backward(grad, inputs, layers: Sequence[TritonLayer], states) -> torch.Tensor:
     """Every layer's backward kernels, last layer first: ``d loss / d inputs``."""
-    for k in range(len(layers) - 1, -1, -1):
-        below = inputs.contiguous() if k == 0 else states[k - 1][0]
-        out, aux, arg = states[k]
-        grad = layer_backward(grad, out, aux, arg, below, layers[k])
+    k = len(layers) - 1
+    while k >= 0:
+        fused = k > 0 and layers[k - 1].fused_with_next
+        bottom = k - 1 if fused else k
+        below = inputs.contiguous() if bottom == 0 else states[bottom - 1][0]
+        if fused:
+            grad = pair_backward(grad, states[k], states[k - 1], below, layers[k - 1], layers[k])
+        else:
+            grad = layer_backward(grad, *states[k], below, layers[k])
+        k = bottom - 1
     return grad
 
 

@@ -22,6 +22,10 @@ import pytest  # noqa: E402
 
 DATA = pathlib.Path(__file__).parent / "data"
 
+#: Where tests of the Triton backend put their tensors: the GPU when there is one (the real
+#: kernels), else the CPU (the interpreter).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def random_cnf(num_vars: int, num_clauses: int, seed: int, width: int = 3) -> list[list[int]]:
     rng = random.Random(seed)

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from conftest import TRITON_DEVICE
 from trilay.engine.errors import CircuitError, DTypeError, ParseError, SemiringError, ShapeError
 from trilay.frontends.fuzzy import (
     And,
@@ -150,7 +151,8 @@ def test_triton_backend_matches_torch(logic):
     x = torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     formulas = [DNF, CNF, X[0] >> (X[1] | ~X[2])]
-    a = FuzzyFormula(formulas, logic, backend="triton")(x1)
+    a = FuzzyFormula(formulas, logic, backend="triton").to(TRITON_DEVICE)(x1.to(TRITON_DEVICE))
+    a = a.cpu()
     b = FuzzyFormula(formulas, logic, backend="torch")(x2)
     torch.testing.assert_close(a, b, **F64)
     a.sum().backward()

@@ -58,3 +58,47 @@ def test_cuda_graphs_replay_matches_eager(compiled):
         (ga,) = torch.autograd.grad(out_a.sum(), a)
         (gb,) = torch.autograd.grad(out_b.sum(), b)
         torch.testing.assert_close(gb, ga)
+
+
+def test_cuda_graphs_forward_only_and_new_shapes(compiled):
+    """Inputs that need no gradient capture a forward-only graph; a new batch size or dtype
+    captures its own graph rather than replaying a wrong one."""
+    eager = compiled.module("real")
+    graphed = compiled.module("real", cuda_graphs=True)
+    for batch, dtype in (
+        (8, torch.float32),
+        (8, torch.float32),
+        (3, torch.float32),
+        (3, torch.float64),
+    ):
+        p = torch.rand(batch, compiled.num_vars, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(graphed(p), eager(p))
+    assert len(graphed._graphs) == 3
+
+
+def test_torch_compile_of_the_triton_path(compiled):
+    """torch.compile over a module on CUDA (the Triton path): same values and gradients as
+    eager."""
+    module = compiled.module("log")
+    compiled_module = torch.compile(module)
+    x = torch.rand(16, compiled.num_vars, device="cuda").log()
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_a, out_b = module(a), compiled_module(b)
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(
+        torch.autograd.grad(out_b.sum(), b)[0], torch.autograd.grad(out_a.sum(), a)[0]
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_accumulate_in_float32(compiled, dtype):
+    module = compiled.module("log")
+    p = torch.rand(32, compiled.num_vars, device="cuda").clamp_min(1e-2)
+    x = p.log().to(dtype).requires_grad_(True)
+    out = module(x)
+    assert out.dtype == dtype
+    ref = module(x.detach().float())  # the float32 evaluation of the same rounded weights
+    torch.testing.assert_close(out.float(), ref.to(dtype).float())
+    (g,) = torch.autograd.grad(out.float().sum(), x)
+    assert g.dtype == dtype and torch.isfinite(g.float()).all()

@@ -14,10 +14,15 @@ from trilay.kernels.layer import (
     circuit_forward_triton,
     layer_bwd,
     layer_fwd,
+    pair_backward,
+    pair_forward,
+    plan_fusion,
 )
 from trilay.kernels.reference import segment_reduce_torch
 
 REDUCTIONS = sorted(TRITON_REDUCTIONS)
+#: Where the kernels run: the GPU when there is one, else the CPU in Triton's interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
 
 
@@ -36,7 +41,7 @@ def make_layer(lengths, n_below, seed):
     parent_edge = torch.argsort(child, stable=True)
     parent_offsets = torch.zeros(n_below + 1, dtype=torch.int64)
     parent_offsets[1:] = torch.cumsum(torch.bincount(child, minlength=n_below), 0)
-    i32 = lambda t: t.to(torch.int32)  # noqa: E731
+    i32 = lambda t: t.to(device=DEVICE, dtype=torch.int32)  # noqa: E731
     return (
         i32(child),
         i32(offsets),
@@ -59,7 +64,7 @@ def layer_values(reduce, n_below, batch, dtype, seed, special):
         x = torch.where(hit, torch.zeros_like(x) if reduce != "prob_sum" else torch.ones_like(x), x)
     if reduce == "logsumexp":
         x = x.log()  # zeros become -inf
-    return x
+    return x.to(DEVICE)
 
 
 @pytest.mark.parametrize("reduce", REDUCTIONS)
@@ -77,6 +82,7 @@ def test_layer_matches_reference(reduce, batch, dtype, special):
     torch.testing.assert_close(out, ref.detach(), **TOL[dtype])
 
     cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    cot = cot.to(DEVICE)
     grad = layer_bwd(cot, out, aux, arg, x, parent_edge, parent, parent_offsets, reduce)
     (ref_grad,) = torch.autograd.grad((ref * cot).sum(), xr)
     assert not grad.isnan().any()
@@ -105,13 +111,14 @@ def test_single_long_segment_and_unread_rows(reduce):
 
 
 def test_product_backward_exact_with_zeros():
-    x = torch.tensor([[2.0], [3.0], [0.0], [4.0], [0.0], [5.0]], dtype=torch.float64)
+    on = dict(device=DEVICE)
+    x = torch.tensor([[2.0], [3.0], [0.0], [4.0], [0.0], [5.0]], dtype=torch.float64, **on)
     # node 0: 2*3 ; node 1: 0*4 (one zero) ; node 2: 0*0*5 (two zeros)
-    child = torch.tensor([0, 1, 2, 3, 2, 4, 5], dtype=torch.int32)
-    offsets = torch.tensor([0, 2, 4, 7], dtype=torch.int32)
+    child = torch.tensor([0, 1, 2, 3, 2, 4, 5], dtype=torch.int32, **on)
+    offsets = torch.tensor([0, 2, 4, 7], dtype=torch.int32, **on)
     parent_edge = torch.argsort(child.long(), stable=True).to(torch.int32)
-    parent = torch.tensor([0, 0, 1, 1, 2, 2, 2], dtype=torch.int32)[parent_edge.long()]
-    parent_offsets = torch.tensor([0, 1, 2, 4, 5, 6, 7], dtype=torch.int32)
+    parent = torch.tensor([0, 0, 1, 1, 2, 2, 2], dtype=torch.int32, **on)[parent_edge.long()]
+    parent_offsets = torch.tensor([0, 1, 2, 4, 5, 6, 7], dtype=torch.int32, **on)
     out, aux, arg = layer_fwd(x, child, offsets, "prod")
     assert out[:, 0].tolist() == [6.0, 0.0, 0.0]
     grad = layer_bwd(
@@ -123,15 +130,15 @@ def test_product_backward_exact_with_zeros():
 
 def test_empty_batch_and_unknown_reduction():
     child, offsets, *_ = make_layer([2, 1], 3, seed=0)
-    out, _, _ = layer_fwd(torch.zeros(3, 0), child, offsets, "sum")
+    out, _, _ = layer_fwd(torch.zeros(3, 0, device=DEVICE), child, offsets, "sum")
     assert out.shape == (2, 0)
     with pytest.raises(SemiringError, match="unknown reduction"):
-        layer_fwd(torch.zeros(3, 1), child, offsets, "mean")
+        layer_fwd(torch.zeros(3, 1, device=DEVICE), child, offsets, "mean")
 
 
 def test_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    child, offsets, *_ = make_layer([2], 3, seed=0)
+    child, offsets, *_ = (t.cpu() for t in make_layer([2], 3, seed=0))
     with pytest.raises(DeviceError, match="TRITON_INTERPRET"):
         empty = torch.zeros(0, dtype=torch.int32)
         plain = TritonLayer(child, offsets, child, child, offsets, *[empty] * 5, "sum")
@@ -143,13 +150,13 @@ def test_circuit_triton_matches_torch_path(semiring):
     c = Circuit()
     c.add_sdd_file(DATA / "road_r.sdd", DATA / "road_r.vtree")
     c.add_cnf(random_cnf(41, 4, seed=4))  # a second root sharing the leaves
-    compiled = c.compile()
+    compiled = c.compile().to(DEVICE)
     torch_module = compiled.module(semiring, backend="torch")
     triton_module = compiled.module(semiring, backend="triton")
-    p = random_weights(5, 41, 3, extremes=semiring in ("real", "log"))
+    p = random_weights(5, 41, 3, extremes=semiring in ("real", "log")).to(DEVICE)
     if semiring in ("log", "mpe_log"):
         p = p.log()
-    neg = random_weights(5, 41, 4, extremes=False)
+    neg = random_weights(5, 41, 4, extremes=False).to(DEVICE)
     neg = neg.log() if semiring in ("log", "mpe_log") else neg
     x1, x2 = p.clone().requires_grad_(True), p.clone().requires_grad_(True)
     y1, y2 = neg.clone().requires_grad_(True), neg.clone().requires_grad_(True)
@@ -170,9 +177,9 @@ def test_circuit_gradcheck_float64():
     clauses = random_cnf(5, 4, seed=2)
     c = Circuit(5)
     c.add_cnf(clauses)
-    module = c.compile().module("log", backend="triton")
+    module = c.compile().to(DEVICE).module("log", backend="triton")
     assert models_of_cnf(clauses, 5).shape[0] > 0
-    x = random_weights(2, 5, 1, extremes=False).log().requires_grad_(True)
+    x = random_weights(2, 5, 1, extremes=False).log().to(DEVICE).requires_grad_(True)
     assert torch.autograd.gradcheck(module, (x,))
 
 
@@ -220,10 +227,10 @@ def test_hub_nodes_split_into_chunks(semiring):
         lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, 12)]
         terms.append(c.conjoin([c.literal(lit) for lit in lits]))
     c.add_root(c.disjoin(terms))
-    compiled = c.compile(smooth=semiring in ("mpe", "godel"))
+    compiled = c.compile(smooth=semiring in ("mpe", "godel")).to(DEVICE)
     assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
     assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
-    p = random_weights(3, 12, 5, extremes=False)
+    p = random_weights(3, 12, 5, extremes=False).to(DEVICE)
     x = p.log() if semiring == "log" else p
     a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     out = compiled.module(semiring, backend="triton")(a)
@@ -242,7 +249,8 @@ def _small_circuit():
     c = Circuit(5)
     c.add_cnf(clauses)
     c.add_root(c.literal(-3))
-    return c.compile(), [models_of_cnf(clauses, 5), models_of_cnf([[-3]], 5)]
+    models = [models_of_cnf(clauses, 5), models_of_cnf([[-3]], 5)]
+    return c.compile().to(DEVICE), [m.to(DEVICE) for m in models]
 
 
 def _real_oracle(models, p):
@@ -257,24 +265,30 @@ def test_circuit_under_vmap_launches_once_per_layer(monkeypatch):
     compiled, models = _small_circuit()
     module = compiled.module("real", backend="triton")
     calls = {"forward": 0, "backward": 0}
-    forward, backward = triton_layer.layer_forward, triton_layer.layer_backward
 
-    def counted_forward(*args):
-        calls["forward"] += 1
-        return forward(*args)
+    def counted(name, direction):
+        launch = getattr(triton_layer, name)
 
-    def counted_backward(*args):
-        calls["backward"] += 1
-        return backward(*args)
+        def count(*args):
+            calls[direction] += 1
+            return launch(*args)
 
-    monkeypatch.setattr(triton_layer, "layer_forward", counted_forward)
-    monkeypatch.setattr(triton_layer, "layer_backward", counted_backward)
-    x = random_weights(4, 5, 3, extremes=True)
+        monkeypatch.setattr(triton_layer, name, count)
+
+    counted("layer_forward", "forward")
+    counted("pair_forward", "forward")
+    counted("layer_backward", "backward")
+    counted("pair_backward", "backward")
+    x = random_weights(4, 5, 3, extremes=True).to(DEVICE)
     out = torch.func.vmap(module)(x)
     torch.testing.assert_close(out, _real_oracle(models, x))
-    assert calls == {"forward": compiled.num_layers, "backward": 0}
+    steps = compiled.num_layers - sum(
+        layer.fused_with_next for layer in module._layers_for("triton")
+    )
+    assert steps < compiled.num_layers  # some layers run fused
+    assert calls == {"forward": steps, "backward": 0}
     per_example = torch.func.vmap(torch.func.grad(lambda p: module(p)[0]))(x)
-    assert calls == {"forward": 2 * compiled.num_layers, "backward": compiled.num_layers}
+    assert calls == {"forward": 2 * steps, "backward": steps}
     ref = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(_real_oracle(models, ref)[:, 0].sum(), ref)
     torch.testing.assert_close(per_example, expected)
@@ -286,7 +300,7 @@ def test_circuit_jacobian_by_jacrev():
     the plain-torch oracle. Also under an outer vmap (per-example Jacobians)."""
     compiled, models = _small_circuit()
     module = compiled.module("real", backend="triton")
-    x = random_weights(3, 5, 4, extremes=True)
+    x = random_weights(3, 5, 4, extremes=True).to(DEVICE)
     jac = torch.func.jacrev(module)(x[0])  # [roots, V]
     torch.testing.assert_close(jac, torch.func.jacrev(lambda p: _real_oracle(models, p))(x[0]))
     per_example = torch.func.vmap(torch.func.jacrev(module))(x)
@@ -299,13 +313,15 @@ def test_circuit_backward_is_once_differentiable():
     with autograd and with torch.func, instead of returning a wrong second derivative."""
     compiled, models = _small_circuit()
     module = compiled.module("real", backend="triton")
-    x = random_weights(2, 5, 5, extremes=False).requires_grad_(True)
+    x = random_weights(2, 5, 5, extremes=False).to(DEVICE).requires_grad_(True)
     (grad,) = torch.autograd.grad(module(x).sum(), x, create_graph=True)
     ref = x.detach().clone().requires_grad_(True)
     torch.testing.assert_close(grad, torch.autograd.grad(_real_oracle(models, ref).sum(), ref)[0])
     with pytest.raises(RuntimeError, match="does not require grad"):
         torch.autograd.grad(grad.sum(), x)
-    scale = torch.ones(2, 2, dtype=x.dtype, requires_grad=True)  # a grad_output with a graph
+    scale = torch.ones(
+        2, 2, dtype=x.dtype, device=DEVICE, requires_grad=True
+    )  # a grad_output with a graph
     (grad,) = torch.autograd.grad((module(x) * scale).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
@@ -325,12 +341,191 @@ def test_hub_chunks_under_vmap_grad():
         lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, 11)]
         terms.append(c.conjoin([c.literal(lit) for lit in lits]))
     c.add_root(c.disjoin(terms))
-    compiled = c.compile(smooth=False)
+    compiled = c.compile(smooth=False).to(DEVICE)
     assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
     assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
     module = compiled.module("log", backend="triton")
-    x = random_weights(2, 10, 6, extremes=False).log()
+    x = random_weights(2, 10, 6, extremes=False).log().to(DEVICE)
     per_example = torch.func.vmap(torch.func.grad(lambda p: module(p)[0]))(x)
     ref = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(compiled.module("log", backend="torch")(ref).sum(), ref)
     torch.testing.assert_close(per_example, expected, rtol=1e-10, atol=1e-12)
+
+
+# Pairs of consecutive layers as the semirings stack them (AND below OR), and the other way
+# round (the fusion plan pairs greedily, so an OR layer can be the lower one).
+SEMIRING_PAIRS = [
+    ("prod", "sum"),
+    ("sum", "logsumexp"),
+    ("prod", "max"),
+    ("sum", "max"),
+    ("min", "max"),
+    ("lukasiewicz_and", "lukasiewicz_or"),
+    ("prod", "prob_sum"),
+]
+PAIRS = SEMIRING_PAIRS + [(up, low) for low, up in SEMIRING_PAIRS]
+
+
+def triton_layer_of(lengths, n_below, seed, reduce, min_fan_out=0):
+    """A random :class:`TritonLayer` (no hub plans) over ``n_below`` rows; with
+    ``min_fan_out``, every row below is read at least that often."""
+    while True:
+        child, offsets, parent_edge, parent, parent_offsets = make_layer(lengths, n_below, seed)
+        if (parent_offsets.diff() >= min_fan_out).all():
+            break
+        seed += 1000
+    empty = torch.zeros(0, dtype=torch.int32, device=DEVICE)
+    return TritonLayer(child, offsets, parent_edge, parent, parent_offsets, *[empty] * 5, reduce)
+
+
+@pytest.mark.parametrize(("low_reduce", "reduce"), PAIRS)
+@pytest.mark.parametrize(
+    ("batch", "dtype"), [(1, torch.float32), (7, torch.float64), (129, torch.float32)]
+)
+@pytest.mark.parametrize("special", [False, True])
+def test_fused_pair_matches_reference(low_reduce, reduce, batch, dtype, special):
+    """Two layers in one forward and one backward launch, against the torch reference applied
+    twice and autograd through it. Lower nodes are read by up to several upper nodes (the
+    recomputed and repeatedly stored case), segments have 1 to 9 edges."""
+    n_below, low_lengths, lengths = 13, [1, 2, 3, 1, 5, 2, 9, 1, 4], [2, 1, 5, 3, 1, 4]
+    low = triton_layer_of(low_lengths, n_below, batch, low_reduce)
+    up = triton_layer_of(lengths, len(low_lengths), batch + 1, reduce, min_fan_out=1)
+    x = layer_values(low_reduce, n_below, batch, dtype, seed=batch + 2, special=special)
+    (low_out, low_aux, low_arg), (out, aux, arg) = pair_forward(x, low, up)
+
+    xr = x.clone().requires_grad_(True)
+    ref_low = segment_reduce_torch(xr.index_select(0, low.child), low.offsets, low_reduce)
+    ref = segment_reduce_torch(ref_low.index_select(0, up.child), up.offsets, reduce)
+    torch.testing.assert_close(low_out, ref_low.detach(), **TOL[dtype])
+    torch.testing.assert_close(out, ref.detach(), **TOL[dtype], equal_nan=False)
+    # The stored state is the unfused kernels' (the backward of either kind reads it).
+    for fused, alone in zip(
+        (low_out, low_aux, low_arg, out, aux, arg),
+        (
+            *layer_fwd(x, low.child, low.offsets, low_reduce),
+            *layer_fwd(low_out, up.child, up.offsets, reduce),
+        ),
+        strict=True,
+    ):
+        assert (fused is None) == (alone is None)
+        if fused is not None:
+            torch.testing.assert_close(fused, alone, rtol=0, atol=0, equal_nan=True)
+
+    cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    cot = cot.to(DEVICE)
+    grad = pair_backward(cot, (out, aux, arg), (low_out, low_aux, low_arg), x, low, up)
+    (ref_grad,) = torch.autograd.grad((ref * cot).sum(), xr)
+    assert not grad.isnan().any()
+    # The two unfused backward kernels (each tested against the reference above) in sequence.
+    grad_low = layer_bwd(
+        cot, out, aux, arg, low_out, up.parent_edge, up.parent, up.parent_offsets, reduce
+    )
+    unfused = layer_bwd(
+        grad_low,
+        low_out,
+        low_aux,
+        low_arg,
+        x,
+        low.parent_edge,
+        low.parent,
+        low.parent_offsets,
+        low_reduce,
+    )
+    torch.testing.assert_close(grad, unfused, rtol=0, atol=0)
+    if not ({"max", "min"} & {low_reduce, reduce} and (special or low_reduce in ("max", "min"))):
+        # Without tied values (where the kernels route the gradient to the first child and
+        # the reference splits it; a max below a max ties whenever two lower nodes share
+        # their best child).
+        torch.testing.assert_close(grad, ref_grad, **TOL[dtype])
+
+
+@pytest.mark.parametrize(("low_reduce", "reduce"), SEMIRING_PAIRS)
+def test_fused_pair_gradcheck_float64(low_reduce, reduce):
+    low = triton_layer_of([2, 3, 1, 2], 5, 3, low_reduce)
+    up = triton_layer_of([2, 3], 4, 4, reduce, min_fan_out=1)
+
+    class Pair(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            low_state, state = pair_forward(x, low, up)
+            ctx.save_for_backward(x)
+            ctx.states = low_state, state
+            return state[0]
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return pair_backward(grad, ctx.states[1], ctx.states[0], x, low, up)
+
+    x = layer_values(low_reduce, 5, 2, torch.float64, seed=7, special=False)
+    assert torch.autograd.gradcheck(Pair.apply, (x.requires_grad_(True),))
+
+
+def csr_layer(segments, n_below, reduce):
+    """A :class:`TritonLayer` with these children per node (lists of rows below)."""
+    i32 = lambda values: torch.tensor(values, dtype=torch.int32, device=DEVICE)  # noqa: E731
+    child = [c for segment in segments for c in segment]
+    offsets = [0]
+    for segment in segments:
+        offsets.append(offsets[-1] + len(segment))
+    order = sorted(range(len(child)), key=lambda e: child[e])
+    node_of_edge = [i for i, segment in enumerate(segments) for _ in segment]
+    parent_offsets = [sum(c < j for c in child) for j in range(n_below + 1)]
+    empty = i32([])
+    return TritonLayer(
+        i32(child),
+        i32(offsets),
+        i32(order),
+        i32([node_of_edge[e] for e in order]),
+        i32(parent_offsets),
+        *[empty] * 5,
+        reduce,
+    )
+
+
+def test_fusion_plan():
+    """Pairs fuse greedily from the bottom when the lower nodes are each read once (or the
+    recomputation bound allows more), never across a node nobody reads, never with hubs."""
+    once = [
+        csr_layer([[0, 1], [2], [1, 2, 3]], 4, "prod"),
+        csr_layer([[0], [2], [1]], 3, "sum"),
+        csr_layer([[0, 1], [2]], 3, "prod"),
+        csr_layer([[1], [0]], 2, "sum"),
+    ]
+    assert [layer.fused_with_next for layer in plan_fusion(once)] == [True, False, True, False]
+    # The middle pair (sum below prod) fuses when the first does not.
+    hub = [once[0]._replace(chunk_offsets=csr_layer([[0]], 1, "sum").offsets)] + once[1:]
+    assert [layer.fused_with_next for layer in plan_fusion(hub)] == [False, True, False, False]
+
+    # Each lower node read twice: twice the lower layer's work.
+    shared = [csr_layer([[0, 1], [1, 2]], 3, "prod"), csr_layer([[0, 1], [1, 0]], 2, "sum")]
+    assert [layer.fused_with_next for layer in plan_fusion(shared)] == [False, False]
+    assert plan_fusion(shared, max_recompute=2.0)[0].fused_with_next
+    assert not plan_fusion(shared, max_recompute=1.99)[0].fused_with_next
+
+    unread = [csr_layer([[0], [1], [2]], 3, "prod"), csr_layer([[0, 2]], 3, "sum")]
+    assert not plan_fusion(unread, max_recompute=float("inf"))[0].fused_with_next
+
+
+@pytest.mark.parametrize("semiring", ["real", "log", "mpe", "godel", "fuzzy_lukasiewicz"])
+def test_fused_circuit_equals_layer_by_layer(semiring):
+    """The whole circuit with and without fusion: the same values and gradients, bit for bit
+    (the fused kernels reduce in the same order), and the PyTorch path's."""
+    c = Circuit()
+    c.add_sdd_file(DATA / "sudoku_4.sdd", DATA / "sudoku_4.vtree")
+    compiled = c.compile(smooth=semiring in ("mpe", "godel")).to(DEVICE)
+    fused = compiled.module(semiring, backend="triton")
+    assert any(layer.fused_with_next for layer in fused._layers_for("triton"))
+    layerwise = compiled.module(semiring, backend="triton", fuse_layers=False)
+    p = random_weights(3, compiled.num_vars, 8, extremes=semiring == "real").to(DEVICE)
+    x = p.log() if semiring == "log" else p
+    results = []
+    for module in (fused, layerwise, compiled.module(semiring, backend="torch")):
+        xr = x.clone().requires_grad_(True)
+        out = module(xr)
+        results.append((out, torch.autograd.grad(out.sum(), xr)[0]))
+    for a, b in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(results[0][0], results[2][0], rtol=1e-10, atol=1e-12)
+    if semiring not in ("mpe", "godel"):  # ties: routed vs split (documented)
+        torch.testing.assert_close(results[0][1], results[2][1], rtol=1e-9, atol=1e-12)

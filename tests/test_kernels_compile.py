@@ -23,16 +23,18 @@ from trilay.kernels import layer
 
 def signature(kernel, dtype):
     sig = {}
-    for name in kernel.arg_names:
+    for arg in kernel.arg_names:
+        name = arg
         if name.isupper():
-            sig[name] = "constexpr"
+            sig[arg] = "constexpr"
         elif name.endswith("_ptr"):
+            name = name.removeprefix("low_")  # a fused pair's lower layer: the same types
             int_ptr = name in ("child_ptr", "offsets_ptr", "arg_ptr", "row_child_ptr")
             int_ptr = int_ptr or name.startswith("parent") or name.startswith("chunk")
             int_ptr = int_ptr or name == "part_arg_ptr"
-            sig[name] = "*i32" if int_ptr else f"*{dtype}"
+            sig[arg] = "*i32" if int_ptr else f"*{dtype}"
         else:
-            sig[name] = "i32"
+            sig[arg] = "i32"
     return sig
 
 target = GPUTarget("cuda", 90, 32)
@@ -52,6 +54,24 @@ for kernel in kernels:
                         src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
                         compiled = triton.compile(src, target=target)
                         assert compiled.asm["cubin"], (kernel.__name__, reduce, dtype)
+# Fused pairs: the semirings' (AND, OR) reductions and the reverse (greedy pairing can put an
+# OR layer below an AND layer), at the tile shapes of batch 1 and batch 128.
+pairs = [("prod", "sum"), ("sum", "logsumexp"), ("prod", "max"), ("sum", "max"), ("min", "max"),
+         ("lukasiewicz_and", "lukasiewicz_or"), ("prod", "prob_sum")]
+for low, up in pairs + [(up, low) for low, up in pairs]:
+    low_code, code = layer.TRITON_REDUCTIONS[low], layer.TRITON_REDUCTIONS[up]
+    for kernel in (layer._pair_fwd_kernel, layer._pair_bwd_kernel):
+        for block_n, block_b in ((128, 1), (4, 128)):
+            constexprs = {"LOW_REDUCE": low_code, "REDUCE": code, "BLOCK_N": block_n,
+                          "BLOCK_B": block_b}
+            if "NEUTRAL" in kernel.arg_names:
+                constexprs["LOW_NEUTRAL"] = layer._NEUTRAL[low_code]
+                constexprs["NEUTRAL"] = layer._NEUTRAL[code]
+            for dtype in ("fp32", "fp64") if low == "sum" else ("fp32",):
+                sig = signature(kernel, dtype)
+                src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+                compiled = triton.compile(src, target=target)
+                assert compiled.asm["cubin"], (kernel.__name__, low, up, dtype)
 print("compiled", sys.argv[1:])
 """
 

@@ -9,7 +9,14 @@ import math
 
 import pytest
 import torch
-from conftest import DATA, all_assignments, models_of_cnf, random_cnf, shannon_circuit
+from conftest import (
+    DATA,
+    TRITON_DEVICE,
+    all_assignments,
+    models_of_cnf,
+    random_cnf,
+    shannon_circuit,
+)
 from pysdd.sdd import SddManager, Vtree
 from trilay.engine import Circuit
 from trilay.engine.errors import CircuitError, DTypeError, ShapeError
@@ -393,7 +400,8 @@ def test_triton_backend_matches_torch():
     """The Triton kernels (the interpreter on CPU, see conftest) give the same loss."""
     p = torch.rand(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     p1, p2 = p.clone().requires_grad_(True), p.clone().requires_grad_(True)
-    a = SemanticLoss(at_least_k(4, 2), backend="triton")(p1)
+    a = SemanticLoss(at_least_k(4, 2), backend="triton").to(TRITON_DEVICE)(p1.to(TRITON_DEVICE))
+    a = a.cpu()
     b = SemanticLoss(at_least_k(4, 2), backend="torch")(p2)
     torch.testing.assert_close(a, b, **F64)
     a.backward()

@@ -28,7 +28,10 @@ class ScatterCircuit:
         reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
         self.layers = [
             TorchLayer(
-                layer.child, layer.offsets, reductions[layer.kind], segment=layer.edge_parent.long()
+                layer.child.long(),  # int64 ids, as torch code (and KLay) has them: see engine
+                layer.offsets,
+                reductions[layer.kind],
+                segment=layer.edge_parent.long(),
             )
             for layer in compiled.layers
         ]

@@ -312,7 +312,8 @@ def layer_forward_torch(
 
     Args:
         values: ``[n_prev, B]`` the previous layer's node values.
-        child: ``[E]`` int32/int64 row of ``values`` each edge reads.
+        child: ``[E]`` int32/int64 row of ``values`` each edge reads (int64 on the CPU: the
+            backward's ``index_add`` is several times slower with int32 ids).
         offsets: ``[n + 1]`` int32/int64 CSR offsets of each node's edges.
         reduce: one of :data:`REDUCTIONS`.
         segment: optional ``[E]`` node of each edge, see :func:`segment_reduce_torch`.
@@ -321,7 +322,8 @@ def layer_forward_torch(
         ``[n, B]`` in ``values.dtype``.
     """
     # index_select's backward is an index_add over the edges: on the CPU it is sequential (so
-    # deterministic) and measured faster than a segment sum over the transposed CSR.
+    # deterministic) and measured faster than a segment sum over the transposed CSR (with
+    # int64 ids).
     return segment_reduce_torch(values.index_select(0, child), offsets, reduce, segment)
 
 

@@ -1053,13 +1053,52 @@ def _layer_setup_context(ctx, inputs, output):
 
 def _layer_backward(ctx, grad_out, grad_aux, grad_arg):
     values, parent_edge, parent, parent_offsets, out, aux, arg = ctx.saved_tensors
-    grad = _layer_bwd_op(
-        grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, ctx.reduce
-    )
+    args = (grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, ctx.reduce)
+    if torch._C._are_functorch_transforms_active():
+        grad = _LayerBackwardFunction.apply(*args)
+    else:
+        grad = _layer_bwd_op(*args)
     return grad, None, None, None, None, None, None
 
 
 _layer_fwd_op.register_autograd(_layer_backward, setup_context=_layer_setup_context)
+
+
+# The Functions torch.library generates for custom ops (with register_autograd, or raising
+# for an op without one) lack the setup_context torch.func requires (pytorch/pytorch#168393,
+# open in torch 2.13): under torch.func the ops run inside these two Functions, whose
+# generated vmap rules run the ops' own.
+class _LayerFunction(torch.autograd.Function):
+    """The layer op with its autograd formula, for ``torch.func`` transforms."""
+
+    generate_vmap_rule = True
+    setup_context = staticmethod(_layer_setup_context)
+    backward = staticmethod(_layer_backward)
+
+    @staticmethod
+    def forward(values, child, offsets, parent_edge, parent, parent_offsets, reduce):
+        return _layer_fwd_op(values, child, offsets, parent_edge, parent, parent_offsets, reduce)
+
+
+class _LayerBackwardFunction(torch.autograd.Function):
+    """The layer's backward op for ``torch.func`` transforms (``vmap(grad(f))``, ``jacrev``);
+    once differentiable, as the circuit's."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce):
+        return _layer_bwd_op(
+            grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError(_NO_DOUBLE_BACKWARD)
 
 
 @_layer_fwd_op.register_vmap
@@ -1067,22 +1106,44 @@ def _layer_vmap(info, in_dims, values, child, offsets, parent_edge, parent, pare
     if any(d is not None for d in in_dims[1:]):
         raise NotImplementedError("trilay.layer vmaps over values only, not over the indices")
     if in_dims[0] is None:
-        return _layer_fwd_op(values, child, offsets, parent_edge, parent, parent_offsets, reduce), (
-            None,
-            None,
-            None,
-        )
-    # The vmapped dimension joins the batch columns: [V, n, B] -> [n, B * V].
-    stacked = values.movedim(in_dims[0], -1)
-    n_below, batch, width = stacked.shape
-    flat = stacked.reshape(n_below, batch * width)
-    out, aux, arg = _layer_fwd_op(flat, child, offsets, parent_edge, parent, parent_offsets, reduce)
-
-    def unflatten(t):
-        return t.reshape(t.shape[0], batch, width) if t.dim() == 2 else t.new_empty(0)
-
-    results = tuple(unflatten(t) for t in (out, aux, arg))
+        state = _layer_fwd_op(values, child, offsets, parent_edge, parent, parent_offsets, reduce)
+        return state, (None, None, None)
+    width = info.batch_size
+    state = _layer_fwd_op(
+        _fold_vmapped(values, in_dims[0], width),
+        child,
+        offsets,
+        parent_edge,
+        parent,
+        parent_offsets,
+        reduce,
+    )
+    # aux / arg are empty (shape [0]) for the reductions without them: not vmapped.
+    results = tuple(_unfold_vmapped(t, width) if t.dim() == 2 else t for t in state)
     return results, tuple(2 if t.dim() == 3 else None for t in results)
+
+
+@_layer_bwd_op.register_vmap
+def _layer_bwd_vmap(
+    info, in_dims, grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce
+):
+    """``vmap(grad(f))`` and ``jacrev`` run the layer's backward on vmapped tensors: as in the
+    forward, the vmapped dimension joins the batch columns (unvmapped tensors are repeated
+    across them), one launch for the whole vmapped batch."""
+    if any(d is not None for d in in_dims[5:]):
+        raise NotImplementedError("trilay.layer vmaps over values only, not over the indices")
+    tensors, dims = (grad_out, out, aux, arg, values), in_dims[:5]
+    if all(d is None for d in dims):
+        grad = _layer_bwd_op(*tensors, parent_edge, parent, parent_offsets, reduce)
+        return grad, None
+    width = info.batch_size
+    # The empty aux / arg placeholders of reductions without them pass as they are.
+    flat = [
+        t if d is None and t.dim() == 1 else _fold_vmapped(t, d, width)
+        for t, d in zip(tensors, dims, strict=True)
+    ]
+    grad = _layer_bwd_op(*flat, parent_edge, parent, parent_offsets, reduce)
+    return _unfold_vmapped(grad, width), 2
 
 
 def layer(
@@ -1099,7 +1160,11 @@ def layer(
     ``values: [n_below, B]`` float32/float64; the index tensors are a layer's int32 CSR and
     transposed CSR (see :class:`trilay.engine.Layer`); ``reduce`` one of
     :data:`TRITON_REDUCTIONS`. Returns ``[n, B]``. Differentiable (hand-written backward),
-    traceable by ``torch.compile`` and batchable by ``torch.func.vmap`` over ``values``.
+    traceable by ``torch.compile``, batchable by ``torch.func.vmap`` over ``values``, and
+    per-example gradients (``vmap(grad(f))``) run one backward launch for the whole batch.
     Raises :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the interpreter.
     """
-    return _layer_fwd_op(values, child, offsets, parent_edge, parent, parent_offsets, reduce)[0]
+    args = (values, child, offsets, parent_edge, parent, parent_offsets, reduce)
+    if torch._C._are_functorch_transforms_active():
+        return _LayerFunction.apply(*args)[0]
+    return _layer_fwd_op(*args)[0]

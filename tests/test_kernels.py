@@ -205,6 +205,25 @@ def test_layer_op_opcheck_vmap_and_compile():
     looped = torch.stack([triton_layer.layer(v, *index, "sum") for v in stacked])
     torch.testing.assert_close(vmapped, looped)
 
+    # Per-example gradients run the op's backward under vmap (its own vmap rule), against
+    # autograd through the torch reference.
+    weight = torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    weight = weight.to(DEVICE)
+    for reduce in ("logsumexp", "prod", "sum"):
+        v = layer_values(reduce, 9, 3, torch.float64, seed=2, special=False)
+        examples = torch.stack([v, v.flip(1), v * 0.5])
+
+        def loss(values, reduce=reduce):
+            return (triton_layer.layer(values, *index, reduce) * weight).sum()
+
+        per_example = torch.func.vmap(torch.func.grad(loss))(examples)
+        ref_in = examples.clone().requires_grad_(True)
+        ref = sum(
+            (segment_reduce_torch(e.index_select(0, child), offsets, reduce) * weight).sum()
+            for e in ref_in
+        )
+        torch.testing.assert_close(per_example, torch.autograd.grad(ref, ref_in)[0])
+
     compiled = torch.compile(
         lambda v: triton_layer.layer(v, *index, "sum") * 2, backend="aot_eager"
     )

@@ -122,6 +122,52 @@ def _finish(acc, total, zeros, nonzero, arg, length, REDUCE: tl.constexpr):
 
 
 @triton.jit
+def _start(
+    start, NEUTRAL: tl.constexpr, dtype: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr
+):
+    """The reduction's state before any edge: ``(acc, total, zeros, nonzero, arg)``."""
+    acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
+    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)  # logsumexp: sum of exp(x - acc)
+    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)  # prod / prob_sum: zero factors seen
+    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)  # their product of non-zero factors
+    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]  # max / min: best edge
+    return acc, total, zeros, nonzero, arg
+
+
+@triton.jit
+def _reduce_segments(
+    values_ptr,
+    child_ptr,
+    start,
+    length,
+    row_mask,
+    cols,
+    col_mask,
+    batch,
+    REDUCE: tl.constexpr,
+    NEUTRAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """Each row's segment ``child[start:start + length]`` gathered from ``values`` (one
+    coalesced row load per edge) and folded: the reduction's raw state. Masked-off rows have
+    ``length`` 0."""
+    acc, total, zeros, nonzero, arg = _start(
+        start, NEUTRAL, values_ptr.dtype.element_ty, BLOCK_N, BLOCK_B
+    )
+    for j in range(0, tl.max(length, axis=0)):
+        edge_mask = row_mask & (j < length)
+        edge = start + j
+        child = tl.load(child_ptr + edge, mask=edge_mask, other=0).to(tl.int64)
+        mask = edge_mask[:, None] & col_mask[None, :]
+        x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=mask, other=NEUTRAL)
+        acc, total, zeros, nonzero, arg = _step(
+            acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
+        )
+    return acc, total, zeros, nonzero, arg
+
+
+@triton.jit
 def _layer_fwd_kernel(
     values_ptr,  # [n_below, batch] the layer below
     child_ptr,  # [E] int32 row of values each edge reads
@@ -139,23 +185,20 @@ def _layer_fwd_kernel(
 ):
     cols, node_mask, col_mask, start, length, where = _tile(offsets_ptr, n, batch, BLOCK_N, BLOCK_B)
     tile_mask = node_mask[:, None] & col_mask[None, :]
-    dtype = values_ptr.dtype.element_ty
-
-    acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
-    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)  # prod / prob_sum: zero factors seen
-    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)  # their product of non-zero factors
-    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)  # logsumexp: sum of exp(x - acc)
-    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
-
-    for j in range(0, tl.max(length, axis=0)):
-        edge_mask = node_mask & (j < length)
-        edge = start + j
-        child = tl.load(child_ptr + edge, mask=edge_mask, other=0).to(tl.int64)
-        mask = edge_mask[:, None] & col_mask[None, :]
-        x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=mask, other=NEUTRAL)
-        acc, total, zeros, nonzero, arg = _step(
-            acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
-        )
+    acc, total, zeros, nonzero, arg = _reduce_segments(
+        values_ptr,
+        child_ptr,
+        start,
+        length,
+        node_mask,
+        cols,
+        col_mask,
+        batch,
+        REDUCE,
+        NEUTRAL,
+        BLOCK_N,
+        BLOCK_B,
+    )
 
     if PARTIAL:
         if REDUCE == 2:
@@ -192,13 +235,9 @@ def _layer_combine_kernel(
     )
     _, _, _, start, length, _ = _tile(offsets_ptr, n, batch, BLOCK_N, BLOCK_B)
     tile_mask = node_mask[:, None] & col_mask[None, :]
-    dtype = part_out_ptr.dtype.element_ty
-
-    acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
-    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)
-    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)
-    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)
-    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
+    acc, total, zeros, nonzero, arg = _start(
+        start, NEUTRAL, part_out_ptr.dtype.element_ty, BLOCK_N, BLOCK_B
+    )
 
     for j in range(0, tl.max(count, axis=0)):
         chunk_mask = node_mask & (j < count)
@@ -248,13 +287,9 @@ def _pair_fwd_kernel(
     bounds that recomputation); every lower node has a parent, so every row is written."""
     cols, node_mask, col_mask, start, length, where = _tile(offsets_ptr, n, batch, BLOCK_N, BLOCK_B)
     tile_mask = node_mask[:, None] & col_mask[None, :]
-    dtype = values_ptr.dtype.element_ty
-
-    acc = tl.full((BLOCK_N, BLOCK_B), NEUTRAL, dtype)
-    zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)
-    nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)
-    total = tl.zeros((BLOCK_N, BLOCK_B), dtype)
-    arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + start[:, None]
+    acc, total, zeros, nonzero, arg = _start(
+        start, NEUTRAL, values_ptr.dtype.element_ty, BLOCK_N, BLOCK_B
+    )
 
     for j in range(0, tl.max(length, axis=0)):
         edge_mask = node_mask & (j < length)
@@ -264,30 +299,20 @@ def _pair_fwd_kernel(
         low_start = tl.load(low_offsets_ptr + low, mask=edge_mask, other=0)
         low_length = tl.load(low_offsets_ptr + low + 1, mask=edge_mask, other=0) - low_start
 
-        low_acc = tl.full((BLOCK_N, BLOCK_B), LOW_NEUTRAL, dtype)
-        low_zeros = tl.zeros((BLOCK_N, BLOCK_B), tl.int32)
-        low_nonzero = tl.full((BLOCK_N, BLOCK_B), 1.0, dtype)
-        low_total = tl.zeros((BLOCK_N, BLOCK_B), dtype)
-        low_arg = tl.zeros((BLOCK_N, BLOCK_B), tl.int32) + low_start[:, None]
-        for k in range(0, tl.max(low_length, axis=0)):
-            low_edge_mask = edge_mask & (k < low_length)
-            low_edge = low_start + k
-            child = tl.load(low_child_ptr + low_edge, mask=low_edge_mask, other=0).to(tl.int64)
-            x = tl.load(
-                values_ptr + child[:, None] * batch + cols[None, :],
-                mask=low_edge_mask[:, None] & col_mask[None, :],
-                other=LOW_NEUTRAL,
-            )
-            low_acc, low_total, low_zeros, low_nonzero, low_arg = _step(
-                low_acc,
-                low_total,
-                low_zeros,
-                low_nonzero,
-                low_arg,
-                x,
-                low_edge[:, None],
-                LOW_REDUCE,
-            )
+        low_acc, low_total, low_zeros, low_nonzero, low_arg = _reduce_segments(
+            values_ptr,
+            low_child_ptr,
+            low_start,
+            low_length,
+            edge_mask,
+            cols,
+            col_mask,
+            batch,
+            LOW_REDUCE,
+            LOW_NEUTRAL,
+            BLOCK_N,
+            BLOCK_B,
+        )
         low_out, low_aux, low_arg = _finish(
             low_acc, low_total, low_zeros, low_nonzero, low_arg, low_length, LOW_REDUCE
         )

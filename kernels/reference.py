@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from torch.autograd import forward_ad
 
 from .errors import SemiringError
 
@@ -68,16 +69,18 @@ def jvp_in_subclass(function: type[torch.autograd.Function]):
 
 
 def needs_grad(t: torch.Tensor) -> bool:
-    """Whether a backward may run through ``t``: it requires grad, or a ``torch.func``
+    """Whether a derivative may run through ``t``: it requires grad, or a ``torch.func``
     transform is active (a vmapped tensor reports ``requires_grad=False`` even when the tensor
-    it wraps requires grad, as under ``grad(vmap(f))`` or autograd through ``vmap``).
+    it wraps requires grad, as under ``grad(vmap(f))`` or autograd through ``vmap``), or a
+    forward-mode dual level is open (``torch.autograd.forward_ad``: torch's own scatter
+    product drops the tangent there, silently).
 
     A custom autograd Function costs tens of microseconds per call even without autograd: the
     reductions use theirs only where this holds.
     """
-    if not torch.is_grad_enabled():
-        return False
-    return t.requires_grad or torch._C._are_functorch_transforms_active()
+    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and t.requires_grad
 
 
 def segment_reduce_torch(

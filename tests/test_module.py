@@ -335,6 +335,11 @@ def test_forward_mode_and_hessians_on_the_torch_path(compiled, semiring):
     _, got = torch.func.jvp(module, (x,), (tangent,))
     _, want = torch.func.jvp(lambda p: oracle(p, semiring), (x,), (tangent,))
     torch.testing.assert_close(got, want)
+    with torch.autograd.forward_ad.dual_level():  # dual tensors, as torch.autograd's own API
+        dual = module(torch.autograd.forward_ad.make_dual(x, tangent))
+        got = torch.autograd.forward_ad.unpack_dual(dual).tangent
+    assert got is not None  # torch's scatter product used to drop it
+    torch.testing.assert_close(got, want)
     cot = torch.tensor([0.7, -1.3], dtype=x.dtype)
     hessians = torch.func.vmap(torch.func.hessian(lambda p: (module(p) * cot).sum()))(x)
     per_row = lambda p: (oracle(p[None], semiring)[0] * cot).sum()  # noqa: E731

@@ -382,6 +382,39 @@ def _arg_edge(parent_edge_ptr, idx, mask, REDUCE: tl.constexpr):
     return edge
 
 
+@triton.jit
+def _parents_grad(
+    grad_out_ptr,
+    out_ptr,
+    aux_ptr,
+    arg_ptr,
+    parent_edge_ptr,
+    parent_ptr,
+    start,
+    count,
+    row_mask,
+    x,
+    cols,
+    col_mask,
+    batch,
+    REDUCE: tl.constexpr,
+):
+    """``sum over the parent edges p -> c of grad_out[p] * d out[p] / d x`` for each row's
+    transposed-CSR range ``[start, start + count)`` (``x``: the rows' values, ``1 - x`` for
+    prob_sum; ``count`` 0 on masked-off rows)."""
+    acc = tl.zeros(x.shape, x.dtype)
+    for j in range(0, tl.max(count, axis=0)):
+        edge_mask = row_mask & (j < count)
+        mask = edge_mask[:, None] & col_mask[None, :]
+        idx = start + j
+        parent = tl.load(parent_ptr + idx, mask=edge_mask, other=0).to(tl.int64)
+        edge = _arg_edge(parent_edge_ptr, idx, edge_mask, REDUCE)
+        at = parent[:, None] * batch + cols[None, :]
+        g = tl.load(grad_out_ptr + at, mask=mask, other=0.0)
+        acc += _edge_grad(g, out_ptr, aux_ptr, arg_ptr, at, mask, edge[:, None], x, REDUCE)
+    return acc
+
+
 # grad_in[c] = sum over the parent edges p -> c of grad_out[p] * d out[p] / d x[c].
 @triton.jit
 def _layer_bwd_kernel(
@@ -414,18 +447,22 @@ def _layer_bwd_kernel(
         x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
     if REDUCE == 7:
         x = 1.0 - x
-    acc = tl.zeros((BLOCK_N, BLOCK_B), values_ptr.dtype.element_ty)
-
-    for j in range(0, tl.max(count, axis=0)):
-        edge_mask = row_mask & (j < count)
-        mask = edge_mask[:, None] & col_mask[None, :]
-        idx = start + j
-        parent = tl.load(parent_ptr + idx, mask=edge_mask, other=0).to(tl.int64)
-        edge = _arg_edge(parent_edge_ptr, idx, edge_mask, REDUCE)
-        at = parent[:, None] * batch + cols[None, :]
-        g = tl.load(grad_out_ptr + at, mask=mask, other=0.0)
-        acc += _edge_grad(g, out_ptr, aux_ptr, arg_ptr, at, mask, edge[:, None], x, REDUCE)
-
+    acc = _parents_grad(
+        grad_out_ptr,
+        out_ptr,
+        aux_ptr,
+        arg_ptr,
+        parent_edge_ptr,
+        parent_ptr,
+        start,
+        count,
+        row_mask,
+        x,
+        cols,
+        col_mask,
+        batch,
+        REDUCE,
+    )
     tl.store(grad_in_ptr + where, acc, mask=tile_mask)
 
 
@@ -464,8 +501,7 @@ def _pair_bwd_kernel(
     x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
     if LOW_REDUCE == 7:
         x = 1.0 - x
-    dtype = values_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_N, BLOCK_B), dtype)
+    acc = tl.zeros((BLOCK_N, BLOCK_B), values_ptr.dtype.element_ty)
 
     for j in range(0, tl.max(count, axis=0)):
         edge_mask = row_mask & (j < count)
@@ -480,18 +516,22 @@ def _pair_bwd_kernel(
 
         up_start = tl.load(parent_offsets_ptr + low, mask=edge_mask, other=0)
         up_count = tl.load(parent_offsets_ptr + low + 1, mask=edge_mask, other=0) - up_start
-        grad_low = tl.zeros((BLOCK_N, BLOCK_B), dtype)
-        for k in range(0, tl.max(up_count, axis=0)):
-            up_mask = edge_mask & (k < up_count)
-            up_tile_mask = up_mask[:, None] & col_mask[None, :]
-            up_idx = up_start + k
-            parent = tl.load(parent_ptr + up_idx, mask=up_mask, other=0).to(tl.int64)
-            edge = _arg_edge(parent_edge_ptr, up_idx, up_mask, REDUCE)
-            at = parent[:, None] * batch + cols[None, :]
-            g = tl.load(grad_out_ptr + at, mask=up_tile_mask, other=0.0)
-            grad_low += _edge_grad(
-                g, out_ptr, aux_ptr, arg_ptr, at, up_tile_mask, edge[:, None], low_x, REDUCE
-            )
+        grad_low = _parents_grad(
+            grad_out_ptr,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            parent_edge_ptr,
+            parent_ptr,
+            up_start,
+            up_count,
+            edge_mask,
+            low_x,
+            cols,
+            col_mask,
+            batch,
+            REDUCE,
+        )
         acc += _edge_grad(
             grad_low,
             low_out_ptr,

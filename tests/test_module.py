@@ -325,6 +325,14 @@ def test_log1mexp_under_vmap_grad():
     assert (values[x == 0] == -torch.inf).all() and (values[x == -torch.inf] == 0).all()
 
 
+def test_torch_path_gathers_with_int64_ids(compiled):
+    """index_select's CPU backward (an index_add) is several times slower with int32 ids at
+    batch 1: the PyTorch path's layers carry int64 child ids, built once."""
+    layers = compiled.module("log", backend="torch")._layers_for("torch")
+    assert all(layer.child.dtype == torch.int64 for layer in layers)
+    assert all(layer.segment.dtype == torch.int64 for layer in layers)
+
+
 @pytest.mark.parametrize("semiring", ["real", "log"])
 def test_forward_mode_and_hessians_on_the_torch_path(compiled, semiring):
     """jvp and per-example Hessians (forward over reverse) of the PyTorch path against the

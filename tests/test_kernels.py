@@ -536,6 +536,7 @@ def test_fused_circuit_equals_layer_by_layer(semiring):
     fused = compiled.module(semiring, backend="triton")
     assert any(layer.fused_with_next for layer in fused._layers_for("triton"))
     layerwise = compiled.module(semiring, backend="triton", fuse_layers=False)
+    assert not any(layer.fused_with_next for layer in layerwise._layers_for("triton"))
     p = random_weights(3, compiled.num_vars, 8, extremes=semiring == "real").to(DEVICE)
     x = p.log() if semiring == "log" else p
     results = []

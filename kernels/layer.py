@@ -5,7 +5,10 @@ contiguous, a layer a CSR over the layer below. A forward program owns a tile of
 ``BLOCK_N`` output nodes x ``BLOCK_B`` batch columns, walks the nodes' edges, gathers each
 child row (one coalesced load per child) and reduces in registers: no edge-sized tensor and no
 atomics. The backward walks the transposed CSR (child -> parent edges) the same way, so it too
-is atomic-free and deterministic.
+is atomic-free and deterministic. Two consecutive layers can run as one forward and one
+backward launch (:func:`pair_forward`, :func:`pair_backward`, planned by :func:`plan_fusion`):
+the upper layer's programs compute the lower layer's nodes in registers, halving the dependent
+launches of a deep circuit.
 
 Reductions: ``sum``, ``prod``, ``logsumexp`` (online, one ``exp`` per edge), ``max``, ``min``,
 and the fuzzy forms ``lukasiewicz_and`` (``max(0, sum - (n - 1))``), ``lukasiewicz_or``

@@ -10,7 +10,8 @@
 # On the device machine (Python 3.12, torch and Triton preinstalled, no package index) carry
 # `.whl` and `benchmarks/.cache` (the 3-CNF SDDs, so PySDD need not recompile them). Logs and
 # results go to $OUT (the device tool's folder), else to benchmarks/results; commit the
-# results files under benchmarks/results/.
+# results files under benchmarks/results/. Where the copy has no .git, name the commit:
+# `TRILAY_GIT_COMMIT=<git rev-parse HEAD here> bash benchmarks/gpu_session.sh bench`.
 set -o pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"

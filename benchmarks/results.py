@@ -134,7 +134,8 @@ def environment(device: str, argv: list[str] | None = None) -> dict:
             "numpy": _version("numpy"),
         },
         "cuda": torch.version.cuda,
-        "git_commit": _git("rev-parse", "HEAD"),
+        # A copy of the tree without .git (a lent GPU machine's) names its commit by hand.
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("TRILAY_GIT_COMMIT"),
         "git_dirty": None if status is None else bool(status),
     }
 

@@ -356,5 +356,9 @@ def test_mnist_addition_workload_counts_the_digit_combinations(tmp_path, digits)
 
 def test_results_environment_tolerates_missing_git(monkeypatch):
     monkeypatch.setattr(results, "_git", lambda *args: None)
+    monkeypatch.delenv("TRILAY_GIT_COMMIT", raising=False)
     env = results.environment("cpu")
     assert env["git_commit"] is None and env["git_dirty"] is None
+    # A tree copied without .git (a lent GPU machine) names its commit by hand.
+    monkeypatch.setenv("TRILAY_GIT_COMMIT", "0123abc")
+    assert results.environment("cpu")["git_commit"] == "0123abc"

@@ -30,7 +30,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .errors import DeviceError, SemiringError
-from .reference import apply_function
+from .reference import apply_function, needs_grad
 
 #: Reductions the Triton kernels implement, and their codes inside the kernels.
 TRITON_REDUCTIONS = {
@@ -64,12 +64,24 @@ def _tile(offsets_ptr, n, batch, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
-def _store(out_ptr, aux_ptr, arg_ptr, where, mask, out, aux, arg, REDUCE: tl.constexpr):
-    """Write a node tile's value and, where the reduction has them, its aux and arg."""
+def _store(
+    out_ptr,
+    aux_ptr,
+    arg_ptr,
+    where,
+    mask,
+    out,
+    aux,
+    arg,
+    REDUCE: tl.constexpr,
+    STATE: tl.constexpr,
+):
+    """Write a node tile's value and, for a backward (``STATE``) where the reduction has
+    them, its aux and arg."""
     tl.store(out_ptr + where, out, mask=mask)
-    if REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7:
+    if STATE and (REDUCE == 1 or REDUCE == 5 or REDUCE == 6 or REDUCE == 7):
         tl.store(aux_ptr + where, aux, mask=mask)
-    if REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7:
+    if STATE and (REDUCE == 1 or REDUCE == 3 or REDUCE == 4 or REDUCE == 7):
         tl.store(arg_ptr + where, arg, mask=mask)
 
 
@@ -183,6 +195,7 @@ def _layer_fwd_kernel(
     REDUCE: tl.constexpr,
     NEUTRAL: tl.constexpr,  # what a masked lane loads: leaves the reduction unchanged
     PARTIAL: tl.constexpr,  # rows are hub chunks: store the raw state for _layer_combine_kernel
+    STATE: tl.constexpr,  # store aux and arg for a backward (not for inference)
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
@@ -213,7 +226,7 @@ def _layer_fwd_kernel(
         tl.store(arg_ptr + where, arg, mask=tile_mask)
     else:
         out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
-        _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE)
+        _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE, STATE)
 
 
 @triton.jit
@@ -230,6 +243,7 @@ def _layer_combine_kernel(
     batch,
     REDUCE: tl.constexpr,
     NEUTRAL: tl.constexpr,
+    STATE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
@@ -259,7 +273,7 @@ def _layer_combine_kernel(
             )
 
     out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
-    _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE)
+    _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE, STATE)
 
 
 @triton.jit
@@ -281,6 +295,7 @@ def _pair_fwd_kernel(
     LOW_NEUTRAL: tl.constexpr,
     REDUCE: tl.constexpr,
     NEUTRAL: tl.constexpr,
+    STATE: tl.constexpr,  # store both layers' state for a backward; else only the upper out
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
@@ -319,25 +334,27 @@ def _pair_fwd_kernel(
         low_out, low_aux, low_arg = _finish(
             low_acc, low_total, low_zeros, low_nonzero, low_arg, low_length, LOW_REDUCE
         )
-        low_where = low[:, None].to(tl.int64) * batch + cols[None, :]
-        _store(
-            low_out_ptr,
-            low_aux_ptr,
-            low_arg_ptr,
-            low_where,
-            mask,
-            low_out,
-            low_aux,
-            low_arg,
-            LOW_REDUCE,
-        )
+        if STATE:
+            low_where = low[:, None].to(tl.int64) * batch + cols[None, :]
+            _store(
+                low_out_ptr,
+                low_aux_ptr,
+                low_arg_ptr,
+                low_where,
+                mask,
+                low_out,
+                low_aux,
+                low_arg,
+                LOW_REDUCE,
+                True,
+            )
         x = tl.where(mask, low_out, NEUTRAL)
         acc, total, zeros, nonzero, arg = _step(
             acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
         )
 
     out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
-    _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE)
+    _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE, STATE)
 
 
 # d out[p] / d x[c] for an edge p -> c, by reduction (o = out[p], x = x[c]):
@@ -623,9 +640,11 @@ def layer_fwd(
     offsets: torch.Tensor,
     reduce: str,
     partial: bool = False,
+    state: bool = True,
 ):
     """Launch the forward kernel: ``(out, aux, arg)``, ``out: [n, B]``; ``aux``/``arg`` are what
-    the backward needs (``None`` where the reduction needs none).
+    the backward needs (``None`` where the reduction needs none, or without ``state``: for
+    inference, only ``out`` is written).
 
     ``partial``: ``offsets`` cuts hub nodes into chunks; every chunk's raw state is returned
     (all three tensors) for :func:`layer_combine`.
@@ -635,7 +654,10 @@ def layer_fwd(
     values = values.contiguous()
     n = offsets.numel() - 1
     out, aux, arg = _outputs(
-        n, values, partial or code in _NEEDS_AUX, partial or code in _NEEDS_ARG
+        n,
+        values,
+        partial or (state and code in _NEEDS_AUX),
+        partial or (state and code in _NEEDS_ARG),
     )
     _launch(
         _layer_fwd_kernel,
@@ -645,17 +667,23 @@ def layer_fwd(
         REDUCE=code,
         NEUTRAL=_NEUTRAL[code],
         PARTIAL=partial,
+        STATE=state,
     )
     return out, aux, arg
 
 
-def layer_combine(part, chunk_of_node: torch.Tensor, offsets: torch.Tensor, reduce: str):
+def layer_combine(
+    part, chunk_of_node: torch.Tensor, offsets: torch.Tensor, reduce: str, state: bool = True
+):
     """Combine hub chunks' raw states (``part``, from ``layer_fwd(..., partial=True)``) into
-    each node's ``(out, aux, arg)``, exactly as the unsplit kernel computes them."""
+    each node's ``(out, aux, arg)``, exactly as the unsplit kernel computes them (``aux`` and
+    ``arg`` only with ``state``)."""
     code = _code(reduce)
     part_out, part_aux, part_arg = part
     n = offsets.numel() - 1
-    out, aux, arg = _outputs(n, part_out, code in _NEEDS_AUX, code in _NEEDS_ARG)
+    out, aux, arg = _outputs(
+        n, part_out, state and code in _NEEDS_AUX, state and code in _NEEDS_ARG
+    )
     _launch(
         _layer_combine_kernel,
         n,
@@ -672,6 +700,7 @@ def layer_combine(part, chunk_of_node: torch.Tensor, offsets: torch.Tensor, redu
         ),
         REDUCE=code,
         NEUTRAL=_NEUTRAL[code],
+        STATE=state,
     )
     return out, aux, arg
 
@@ -738,14 +767,14 @@ def _arange(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int32, device=device)
 
 
-def layer_forward(values: torch.Tensor, layer: TritonLayer):
+def layer_forward(values: torch.Tensor, layer: TritonLayer, state: bool = True):
     """One layer's forward, split at hubs when the layer has a hub plan: each chunk of at
     most ``HUB_CHUNK`` edges is reduced by its own program, then each node's chunks are
-    combined. Returns ``(out, aux, arg)``."""
+    combined. Returns ``(out, aux, arg)`` (see :func:`layer_fwd` for ``state``)."""
     if layer.chunk_offsets.numel():
         part = layer_fwd(values, layer.child, layer.chunk_offsets, layer.reduce, partial=True)
-        return layer_combine(part, layer.chunk_of_node, layer.offsets, layer.reduce)
-    return layer_fwd(values, layer.child, layer.offsets, layer.reduce)
+        return layer_combine(part, layer.chunk_of_node, layer.offsets, layer.reduce, state)
+    return layer_fwd(values, layer.child, layer.offsets, layer.reduce, state=state)
 
 
 def layer_backward(grad_out, out, aux, arg, values, layer: TritonLayer) -> torch.Tensor:
@@ -779,20 +808,23 @@ def layer_backward(grad_out, out, aux, arg, values, layer: TritonLayer) -> torch
     )
 
 
-def pair_forward(values: torch.Tensor, low: TritonLayer, up: TritonLayer):
+def pair_forward(values: torch.Tensor, low: TritonLayer, up: TritonLayer, state: bool = True):
     """Launch the fused forward of two consecutive layers (``low`` reads ``values``, ``up``
     reads ``low``): ``(low_state, up_state)``, each ``(out, aux, arg)`` exactly as
-    :func:`layer_fwd` computes it for that layer."""
+    :func:`layer_fwd` computes it for that layer. Without ``state`` (inference) the lower
+    layer is never written: ``(None, (out, None, None))``."""
     low_code, code = _code(low.reduce), _code(up.reduce)
     _check_device(values)
     values = values.contiguous()
     n_low, n = low.offsets.numel() - 1, up.offsets.numel() - 1
-    low_out, low_aux, low_arg = _outputs(
-        n_low, values, low_code in _NEEDS_AUX, low_code in _NEEDS_ARG
-    )
-    out, aux, arg = _outputs(n, values, code in _NEEDS_AUX, code in _NEEDS_ARG)
+    out, aux, arg = _outputs(n, values, state and code in _NEEDS_AUX, state and code in _NEEDS_ARG)
+    low_out = low_aux = low_arg = None
+    if state:
+        low_out, low_aux, low_arg = _outputs(
+            n_low, values, low_code in _NEEDS_AUX, low_code in _NEEDS_ARG
+        )
     args = (values, low.child, low.offsets, up.child, up.offsets)
-    args += (low_out, _or(low_aux, low_out), _or(low_arg, low.child))
+    args += (_or(low_out, out), _or(low_aux, out), _or(low_arg, low.child))
     args += (out, _or(aux, out), _or(arg, up.child))
     _launch(
         _pair_fwd_kernel,
@@ -803,8 +835,9 @@ def pair_forward(values: torch.Tensor, low: TritonLayer, up: TritonLayer):
         LOW_NEUTRAL=_NEUTRAL[low_code],
         REDUCE=code,
         NEUTRAL=_NEUTRAL[code],
+        STATE=state,
     )
-    return (low_out, low_aux, low_arg), (out, aux, arg)
+    return ((low_out, low_aux, low_arg) if state else None), (out, aux, arg)
 
 
 def pair_backward(grad_out, state, low_state, values, low: TritonLayer, up: TritonLayer):
@@ -914,6 +947,20 @@ def _circuit_forward(inputs: torch.Tensor, layers: Sequence[TritonLayer]):
             k += 1
         values = states[-1][0]
     return states
+
+
+def _circuit_values(inputs: torch.Tensor, layers: Sequence[TritonLayer]) -> torch.Tensor:
+    """The roots' values for inference: no aux / arg and no fused pair's lower layer written,
+    and each layer freed once the next one is computed."""
+    values, k = inputs.contiguous(), 0
+    while k < len(layers):
+        if layers[k].fused_with_next:
+            values = pair_forward(values, layers[k], layers[k + 1], state=False)[1][0]
+            k += 2
+        else:
+            values = layer_forward(values, layers[k], state=False)[0]
+            k += 1
+    return values
 
 
 def _circuit_backward(grad, inputs, layers: Sequence[TritonLayer], states) -> torch.Tensor:
@@ -1037,12 +1084,17 @@ class _EagerCircuitFunction(torch.autograd.Function):
 def circuit_forward_triton(inputs: torch.Tensor, layers: Sequence[TritonLayer]) -> torch.Tensor:
     """All layers with the fused kernels: ``inputs: [n_0, B]`` -> ``[n_L, B]``, differentiable
     (once) and composable with ``torch.func`` (``vmap``, ``grad``, ``vmap(grad)``, ``jacrev``).
+    With no gradient to prepare (grad mode off, or ``inputs`` not requiring grad) it writes
+    only each layer's values, frees each layer once the next is computed, and skips the lower
+    layer of every fused pair.
 
     Raises :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the interpreter.
     """
     _check_device(inputs)
     if not layers:
         return inputs.contiguous()
+    if not needs_grad(inputs):
+        return _circuit_values(inputs, layers)
     if torch._C._are_functorch_transforms_active():
         return CircuitFunction.apply(inputs, tuple(layers))[-1]
     return _EagerCircuitFunction.apply(inputs, tuple(layers))

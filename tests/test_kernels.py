@@ -80,6 +80,9 @@ def test_layer_matches_reference(reduce, batch, dtype, special):
     xr = x.clone().requires_grad_(True)
     ref = segment_reduce_torch(xr.index_select(0, child), offsets, reduce)
     torch.testing.assert_close(out, ref.detach(), **TOL[dtype])
+    inferred, no_aux, no_arg = layer_fwd(x, child, offsets, reduce, state=False)
+    assert no_aux is None and no_arg is None
+    torch.testing.assert_close(inferred, out, rtol=0, atol=0, equal_nan=True)
 
     cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
     cot = cot.to(DEVICE)
@@ -255,6 +258,9 @@ def test_hub_nodes_split_into_chunks(semiring):
     out = compiled.module(semiring, backend="triton")(a)
     ref = compiled.module(semiring, backend="torch")(b)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # inference: the hub chunks combined without aux / arg
+        inferred = compiled.module(semiring, backend="triton")(x)
+    torch.testing.assert_close(inferred, out, rtol=0, atol=0)
     (g,) = torch.autograd.grad(out.sum(), a)
     (g_ref,) = torch.autograd.grad(ref.sum(), b)
     if semiring in ("mpe", "godel"):  # ties: routed to one child vs split (documented)
@@ -288,9 +294,9 @@ def test_circuit_under_vmap_launches_once_per_layer(monkeypatch):
     def counted(name, direction):
         launch = getattr(triton_layer, name)
 
-        def count(*args):
+        def count(*args, **kwargs):
             calls[direction] += 1
-            return launch(*args)
+            return launch(*args, **kwargs)
 
         monkeypatch.setattr(triton_layer, name, count)
 
@@ -430,6 +436,11 @@ def test_fused_pair_matches_reference(low_reduce, reduce, batch, dtype, special)
         if fused is not None:
             torch.testing.assert_close(fused, alone, rtol=0, atol=0, equal_nan=True)
 
+    # Inference: only the upper layer's values, the same bits.
+    none, (inferred, no_aux, no_arg) = pair_forward(x, low, up, state=False)
+    assert none is None and no_aux is None and no_arg is None
+    torch.testing.assert_close(inferred, out, rtol=0, atol=0)
+
     cot = torch.rand(out.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
     cot = cot.to(DEVICE)
     grad = pair_backward(cot, (out, aux, arg), (low_out, low_aux, low_arg), x, low, up)
@@ -546,6 +557,9 @@ def test_fused_circuit_equals_layer_by_layer(semiring):
         results.append((out, torch.autograd.grad(out.sum(), xr)[0]))
     for a, b in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():  # inference: no state stored, the fused pairs' lower layers skipped
+        for module in (fused, layerwise):
+            torch.testing.assert_close(module(x), results[0][0], rtol=0, atol=0)
     torch.testing.assert_close(results[0][0], results[2][0], rtol=1e-10, atol=1e-12)
     if semiring not in ("mpe", "godel"):  # ties: routed vs split (documented)
         torch.testing.assert_close(results[0][1], results[2][1], rtol=1e-9, atol=1e-12)

@@ -44,7 +44,12 @@ for kernel in kernels:
         for block_n, block_b in ((128, 1), (16, 8), (4, 128)):
             for flag in (False, True):
                 constexprs = {"REDUCE": code, "BLOCK_N": block_n, "BLOCK_B": block_b}
-                optional = {"NEUTRAL": layer._NEUTRAL[code], "PARTIAL": flag, "VIRTUAL_ROWS": flag}
+                optional = {
+                    "NEUTRAL": layer._NEUTRAL[code],
+                    "PARTIAL": flag,
+                    "VIRTUAL_ROWS": flag,
+                    "STATE": not flag,
+                }
                 for name, value in optional.items():
                     if name in kernel.arg_names:
                         constexprs[name] = value
@@ -67,11 +72,15 @@ for low, up in pairs + [(up, low) for low, up in pairs]:
             if "NEUTRAL" in kernel.arg_names:
                 constexprs["LOW_NEUTRAL"] = layer._NEUTRAL[low_code]
                 constexprs["NEUTRAL"] = layer._NEUTRAL[code]
+            states = (True, False) if "STATE" in kernel.arg_names and block_b > 1 else (True,)
             for dtype in ("fp32", "fp64") if low == "sum" else ("fp32",):
-                sig = signature(kernel, dtype)
-                src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-                compiled = triton.compile(src, target=target)
-                assert compiled.asm["cubin"], (kernel.__name__, low, up, dtype)
+                for state in states:
+                    if "STATE" in kernel.arg_names:
+                        constexprs["STATE"] = state
+                    sig = signature(kernel, dtype)
+                    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+                    compiled = triton.compile(src, target=target)
+                    assert compiled.asm["cubin"], (kernel.__name__, low, up, dtype, state)
 print("compiled", sys.argv[1:])
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from trilay.kernels.reference import TorchLayer, circuit_forward_torch
+from trilay.kernels.reference import TorchLayer, circuit_forward_torch, needs_grad
 
 from .compiled import CompiledCircuit, Layer
 from .errors import DeviceError, DTypeError, MemoryBudgetError, SemiringError, ShapeError
@@ -102,7 +102,8 @@ class CircuitModule(torch.nn.Module):
         lead = pos.shape[:-1]
         batch = math.prod(lead)
         if self.memory_budget_mb is not None:
-            asked = self.estimate_bytes(batch, compute_dtype, self.backend_for(pos.device))
+            grad = needs_grad(pos) or (neg is not None and needs_grad(neg))
+            asked = self.estimate_bytes(batch, compute_dtype, self.backend_for(pos.device), grad)
             allowed = int(self.memory_budget_mb * 2**20)
             if asked > allowed:
                 raise MemoryBudgetError(asked, allowed, f"a batch of {batch}")
@@ -141,11 +142,21 @@ class CircuitModule(torch.nn.Module):
         out = self._evaluate(inputs)  # [num_roots, batch]
         return out.t().reshape(*lead, self.num_roots).to(pos.dtype)
 
-    def estimate_bytes(self, batch: int, dtype: torch.dtype, backend: str) -> int:
-        """Bytes a forward with autograd holds: every layer's values (saved for the backward),
-        the Triton path's per-node aux tensors, and the PyTorch path's gathered ``[E, B]`` edge
-        values; plus the widest layer's gradient pair during the backward."""
+    def estimate_bytes(
+        self, batch: int, dtype: torch.dtype, backend: str, grad: bool = True
+    ) -> int:
+        """Bytes a forward holds. With ``grad`` (autograd will differentiate it): every layer's
+        values (saved for the backward), the Triton path's per-node aux tensors, and the
+        PyTorch path's gathered ``[E, B]`` edge values; plus the widest layer's gradient pair
+        during the backward. Without: the inputs and, at the widest step, one layer with the
+        layer it reads (and the PyTorch path's ``[E, B]`` edge values of that step)."""
         item = torch.empty(0, dtype=dtype).element_size()
+        if not grad:
+            below, peak = 2 * self.num_vars + 2, 0
+            for n, e in self._layer_sizes:
+                step = below + n + (2 * e if backend != "triton" else 0)
+                peak, below = max(peak, step), n
+            return (2 * self.num_vars + 2 + peak) * batch * item
         reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
         nodes = 2 * self.num_vars + 2 + sum(n for n, _ in self._layer_sizes)
         widest = max([2 * self.num_vars + 2] + [n for n, _ in self._layer_sizes])

@@ -217,7 +217,18 @@ def test_memory_budget_fails_closed(compiled):
     # Independent lower bound: the float32 values of every compiled node must be held.
     assert asked >= compiled.num_nodes * batch * 4
     with pytest.raises(MemoryBudgetError, match=rf"{asked:,} bytes.*{2**20:,} bytes"):
+        module(torch.zeros(batch, 6, requires_grad=True))
+    # Inference holds less (no state for a backward), but at least its inputs and roots.
+    inference = module.estimate_bytes(batch, torch.float32, "torch", grad=False)
+    assert (2 * 6 + 2 + 2) * batch * 4 <= inference < asked
+    with pytest.raises(MemoryBudgetError, match=rf"{inference:,} bytes"):
         module(torch.zeros(batch, 6))
+    # A budget between the two: inference runs, training is refused.
+    module.memory_budget_mb = (inference + asked) / 2 / 2**20
+    with torch.no_grad():
+        assert module(torch.zeros(batch, 6, requires_grad=True)).shape == (batch, 2)
+    with pytest.raises(MemoryBudgetError):
+        module(torch.zeros(batch, 6, requires_grad=True))
 
 
 # ---------------------------------------------------------------------------- torch.func

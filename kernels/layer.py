@@ -21,6 +21,7 @@ bfloat16 in float32). On CPU tensors the kernels run only under Triton's interpr
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -933,34 +934,32 @@ def _layer_states(layers: Sequence[TritonLayer], state: Sequence[torch.Tensor]):
     return states
 
 
-def _circuit_forward(inputs: torch.Tensor, layers: Sequence[TritonLayer]):
-    """Every layer's forward kernels (one launch per fused pair): each layer's
-    ``(out, aux, arg)``, in layer order."""
-    values = inputs.contiguous()
-    states, k = [], 0
+def _forward_steps(inputs: torch.Tensor, layers: Sequence[TritonLayer], state: bool):
+    """Run the layers, one launch per layer or fused pair, yielding each step's layers'
+    ``(out, aux, arg)`` (see :func:`layer_forward` and :func:`pair_forward` for ``state``).
+    Nothing of a step is kept here once the next one has run."""
+    values, k = inputs.contiguous(), 0
     while k < len(layers):
         if layers[k].fused_with_next:
-            states.extend(pair_forward(values, layers[k], layers[k + 1]))
+            step = pair_forward(values, layers[k], layers[k + 1], state)
             k += 2
         else:
-            states.append(layer_forward(values, layers[k]))
+            step = (layer_forward(values, layers[k], state),)
             k += 1
-        values = states[-1][0]
-    return states
+        values = step[-1][0]
+        yield step
+
+
+def _circuit_forward(inputs: torch.Tensor, layers: Sequence[TritonLayer]):
+    """Every layer's ``(out, aux, arg)``, in layer order, for a backward."""
+    return [layer_state for step in _forward_steps(inputs, layers, True) for layer_state in step]
 
 
 def _circuit_values(inputs: torch.Tensor, layers: Sequence[TritonLayer]) -> torch.Tensor:
     """The roots' values for inference: no aux / arg and no fused pair's lower layer written,
     and each layer freed once the next one is computed."""
-    values, k = inputs.contiguous(), 0
-    while k < len(layers):
-        if layers[k].fused_with_next:
-            values = pair_forward(values, layers[k], layers[k + 1], state=False)[1][0]
-            k += 2
-        else:
-            values = layer_forward(values, layers[k], state=False)[0]
-            k += 1
-    return values
+    (last,) = deque(_forward_steps(inputs, layers, False), maxlen=1)  # keeps one step only
+    return last[-1][0]
 
 
 def _circuit_backward(grad, inputs, layers: Sequence[TritonLayer], states) -> torch.Tensor:

@@ -233,6 +233,22 @@ def test_layer_op_opcheck_vmap_and_compile():
     torch.testing.assert_close(compiled(x), triton_layer.layer(x, *index, "sum") * 2)
 
 
+def hub_circuit(num_vars, width, smooth):
+    """An OR of ``width`` distinct conjunctions of all ``num_vars`` literals, each with
+    literal 1: the OR has ``width`` children and literal 1 as many parents, so with ``width``
+    above ``HUB_CHUNK`` both hub plans (forward and backward) are used."""
+    c = Circuit(num_vars)
+    terms = []
+    for i in range(width):
+        lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, num_vars + 1)]
+        terms.append(c.conjoin([c.literal(lit) for lit in lits]))
+    c.add_root(c.disjoin(terms))
+    compiled = c.compile(smooth=smooth).to(DEVICE)
+    assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
+    assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
+    return compiled
+
+
 @pytest.mark.parametrize(
     "semiring", ["real", "log", "mpe", "godel", "fuzzy_product", "fuzzy_lukasiewicz"]
 )
@@ -241,17 +257,8 @@ def test_hub_nodes_split_into_chunks(semiring):
     (chunked) path, and agree with the PyTorch path."""
     from trilay.engine.compiled import HUB_CHUNK
 
-    width = 600
-    assert width > 2 * HUB_CHUNK
-    c = Circuit(12)
-    terms = []
-    for i in range(width):
-        lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, 12)]
-        terms.append(c.conjoin([c.literal(lit) for lit in lits]))
-    c.add_root(c.disjoin(terms))
-    compiled = c.compile(smooth=semiring in ("mpe", "godel")).to(DEVICE)
-    assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
-    assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
+    assert 600 > 2 * HUB_CHUNK
+    compiled = hub_circuit(12, 600, smooth=semiring in ("mpe", "godel"))
     p = random_weights(3, 12, 5, extremes=False).to(DEVICE)
     x = p.log() if semiring == "log" else p
     a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
@@ -359,16 +366,7 @@ def test_hub_chunks_under_vmap_grad():
     gradients equal the batched call's (rows are independent), which equal the PyTorch path's."""
     from trilay.engine.compiled import HUB_CHUNK
 
-    width = HUB_CHUNK + 44
-    c = Circuit(10)
-    terms = []
-    for i in range(width):
-        lits = [1] + [(v if (i >> (v - 2)) & 1 else -v) for v in range(2, 11)]
-        terms.append(c.conjoin([c.literal(lit) for lit in lits]))
-    c.add_root(c.disjoin(terms))
-    compiled = c.compile(smooth=False).to(DEVICE)
-    assert any(layer.chunk_offsets.numel() for layer in compiled.layers)
-    assert any(layer.parent_chunk_offsets.numel() for layer in compiled.layers)
+    compiled = hub_circuit(10, HUB_CHUNK + 44, smooth=False)
     module = compiled.module("log", backend="triton")
     x = random_weights(2, 10, 6, extremes=False).log().to(DEVICE)
     per_example = torch.func.vmap(torch.func.grad(lambda p: module(p)[0]))(x)

@@ -9,7 +9,6 @@ only when it agrees: a provider that disagrees is reported ``WRONG`` and not tim
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 import time
@@ -65,28 +64,27 @@ def normalize_mode(mode: str) -> str:
     return mode
 
 
-def bytes_moved(layer_sizes: list[tuple[int, int]], batch: int, elem: int, mode: str) -> int:
+def bytes_moved(compiled, batch: int, elem: int, mode: str) -> int:
     """The bytes a layered evaluation must move at least: the bandwidth figure's numerator.
 
-    ``layer_sizes`` holds ``(n_k, E_k)`` (nodes, edges) for layer 0 (the ``2V + 2`` inputs,
-    ``E_0 = 0``) and every reduction layer ``k = 1..L``; ``s`` is the value size in bytes and
-    indices are int32. A layer pass reads each value of the layer below once, writes its own,
-    and reads its CSR (child per edge, offsets per node)::
+    With ``N`` nodes (``n_0`` of them leaves), ``E`` edges, value size ``s`` bytes and int32
+    indices, the forward reads every node's value once, writes every internal node's, and
+    reads the CSR (child per edge, offsets per internal node); the backward reads every value
+    and every internal node's gradient once, writes every node's gradient, and walks the
+    transposed CSR (parent and parent edge per edge, offsets and split per node)::
 
-        forward  = sum_k  s*B*(n_{k-1} + n_k) + 4*(E_k + n_k + 1)
-        backward = sum_k  s*B*(2*n_k + 2*n_{k-1}) + 4*(2*E_k + n_{k-1} + 1)
+        forward  = s*B*(N + (N - n_0)) + 4*(E + (N - n_0) + 1)
+        backward = s*B*(N + (N - n_0) + N) + 4*(2*E + 2*N + 1)
 
-    The backward reads the output gradient, the saved values of both layers and writes the
-    input gradient, walking child, parent_edge and parent_offsets. forward+backward is their
-    sum. The same bytes are credited to every provider (an effective bandwidth for those that
-    do not work in layers), so GB/s compares providers as time does, and against the device's
-    peak it says how far from the memory limit a provider is.
+    forward+backward is their sum. The same bytes are credited to every provider (an
+    effective bandwidth for those that do not work this way), so GB/s compares providers as
+    time does, and against the device's peak it says how far from the memory limit a
+    provider is.
     """
-    total = 0
-    for (n_prev, _), (n, e) in itertools.pairwise(layer_sizes):
-        total += elem * batch * (n_prev + n) + 4 * (e + n + 1)
-        if mode == "forward+backward":
-            total += elem * batch * 2 * (n + n_prev) + 4 * (2 * e + n_prev + 1)
+    n, n0, e = compiled.num_nodes, compiled.num_leaves, compiled.num_edges
+    total = elem * batch * (2 * n - n0) + 4 * (e + n - n0 + 1)
+    if mode == "forward+backward":
+        total += elem * batch * (3 * n - n0) + 4 * (2 * e + 2 * n + 1)
     return total
 
 
@@ -248,9 +246,6 @@ def _run_workload(name, settings, registry, log) -> tuple[dict, list[dict]]:
         f"{info['nodes']} nodes, {info['edges']} edges, {info['layers']} layers "
         f"({time.perf_counter() - t0:.2f} s to load)"
     )
-    sizes = [(2 * compiled.num_vars + 2, 0)] + [
-        (layer.num_nodes, layer.num_edges) for layer in compiled.layers
-    ]
     refs: dict[tuple[int, str], tuple] = {}
 
     def reference_for(batch: int, mode: str):
@@ -297,7 +292,7 @@ def _run_workload(name, settings, registry, log) -> tuple[dict, list[dict]]:
                     row.update(
                         _gate_and_time(fn, pos, mode, ref_out, ref_grad, dtype, timer, settings)
                     )
-                    row["bytes"] = bytes_moved(sizes, batch, pos.element_size(), mode)
+                    row["bytes"] = bytes_moved(compiled, batch, pos.element_size(), mode)
                     if row["median_ms"]:
                         row["gbps"] = row["bytes"] / (row["median_ms"] / 1e3) / 1e9
                     if row["first_call_s"] is not None:

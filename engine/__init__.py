@@ -11,7 +11,7 @@ Typical use::
 
 from . import errors
 from .circuit import Circuit
-from .compiled import CompiledCircuit, Layer
+from .compiled import CompiledCircuit
 from .module import CircuitModule
 from .naive import evaluate_naive
 from .semiring import SEMIRINGS, Semiring, get_semiring, log1mexp
@@ -20,7 +20,6 @@ __all__ = [
     "Circuit",
     "CompiledCircuit",
     "CircuitModule",
-    "Layer",
     "Semiring",
     "SEMIRINGS",
     "get_semiring",

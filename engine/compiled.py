@@ -1,209 +1,264 @@
-"""The compiled, layered circuit: index tensors per layer, built once, moved to a device once."""
+"""The compiled, layered circuit: index tensors built once, moved to a device once.
+
+All node values live in one buffer ``[num_nodes, batch]``, one row per node. Rows
+``0..num_leaves-1`` are the leaves (false, true, ``+1..+V``, ``-1..-V``, and with smoothing
+the tautologies ``v OR -v``, ``1..V``); then come the layers, each a contiguous block of rows
+whose nodes share one reduction. A node reads its children from whatever lower rows they are
+in: there are no pass-through (unary copy) nodes, so the layered circuit has exactly the
+nodes of the simplified, deduplicated circuit.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .errors import CircuitError, ParseError
 
-_FORMAT = "trilay.compiled/1"
+#: The file format :meth:`CompiledCircuit.save` writes. Version 1 (layers of pass-through
+#: nodes, trilay before the linear layering) is refused with a request to recompile.
+_FORMAT = "trilay.compiled/2"
+_OLD_FORMATS = ("trilay.compiled/1",)
 
 #: Nodes with more edges than this (fan-in, or fan-out in the transposed CSR) are split into
 #: chunks of at most this many edges, reduced separately and combined, so that one hub (a sum
 #: node with 10^4 children, a literal with 10^4 parents) does not serialize its layer.
 HUB_CHUNK = 256
 
+#: Row and edge counts must fit the int32 indices the kernels read.
+MAX_INDEX = 2**31 - 1
 
-@dataclass
-class Layer:
-    """One layer of a compiled circuit, a CSR over the layer below.
+KINDS = ("and", "or")
 
-    Node ``i`` of this layer reduces the rows ``child[offsets[i]:offsets[i+1]]`` of the layer
-    below (AND layers with the semiring's product, OR layers with its sum). The transposed CSR
-    lists, for each node ``j`` of the layer below, the edges that read it,
-    ``parent_edge[parent_offsets[j]:parent_offsets[j+1]]`` (ascending), and the nodes of this
-    layer they belong to, ``parent[...]`` over the same range: a backward pass walks it without
-    atomics. Index tensors are int32, but ``edge_parent`` (each edge's node, the PyTorch path's
-    scatter index), which is int64 because torch's scatter ops take no other.
-
-    Hub plans (empty when no node has more than :data:`HUB_CHUNK` edges): ``chunk_offsets``
-    cuts the edge CSR into chunks of at most ``HUB_CHUNK`` edges, node ``i`` owning chunks
-    ``chunk_of_node[i]:chunk_of_node[i+1]``; ``parent_chunk_offsets`` /
-    ``parent_chunk_of_child`` do the same for the transposed CSR, ``parent_chunk_child`` naming
-    each chunk's child.
-    """
-
-    kind: str  # "and" or "or"
-    child: torch.Tensor  # [E] position in the layer below, ascending within each node
-    offsets: torch.Tensor  # [n + 1]
-    parent_offsets: torch.Tensor  # [n_below + 1]
-    parent: torch.Tensor  # [E] node of this layer, edges in child order
-    parent_edge: torch.Tensor  # [E] edge id, edges in child order
-    edge_parent: torch.Tensor  # [E] int64 node of this layer, edges in their own order
-    chunk_offsets: torch.Tensor  # [S + 1] or empty
-    chunk_of_node: torch.Tensor  # [n + 1] or empty
-    parent_chunk_offsets: torch.Tensor  # [T + 1] or empty
-    parent_chunk_of_child: torch.Tensor  # [n_below + 1] or empty
-    parent_chunk_child: torch.Tensor  # [T] or empty
-
-    @property
-    def num_nodes(self) -> int:
-        return self.offsets.numel() - 1
-
-    @property
-    def num_edges(self) -> int:
-        return self.child.numel()
-
-    @classmethod
-    def build(cls, child: np.ndarray, lengths: np.ndarray, num_below: int, kind: str) -> Layer:
-        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        parent_of_edge = np.repeat(np.arange(lengths.size), lengths)
-        by_child = np.argsort(child, kind="stable")
-        parent_offsets = np.zeros(num_below + 1, dtype=np.int64)
-        np.cumsum(np.bincount(child, minlength=num_below), out=parent_offsets[1:])
-        as_int32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))  # noqa: E731
-        chunk_offsets, chunk_of_node, _ = _hub_plan(offsets)
-        parent_chunk_offsets, parent_chunk_of_child, parent_chunk_child = _hub_plan(parent_offsets)
-        return cls(
-            kind=kind,
-            child=as_int32(child),
-            offsets=as_int32(offsets),
-            parent_offsets=as_int32(parent_offsets),
-            parent=as_int32(parent_of_edge[by_child]),
-            parent_edge=as_int32(by_child),
-            edge_parent=torch.from_numpy(parent_of_edge.astype(np.int64)),
-            chunk_offsets=as_int32(chunk_offsets),
-            chunk_of_node=as_int32(chunk_of_node),
-            parent_chunk_offsets=as_int32(parent_chunk_offsets),
-            parent_chunk_of_child=as_int32(parent_chunk_of_child),
-            parent_chunk_child=as_int32(parent_chunk_child),
-        )
-
-    @classmethod
-    def index_names(cls) -> tuple[str, ...]:
-        """Names of the index tensors (every field but ``kind``)."""
-        return _INDEX_NAMES
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in self.index_names()}
+#: The circuit-wide index tensors of a :class:`CompiledCircuit`.
+_INDEX_NAMES = (
+    "child",
+    "offsets",
+    "roots",
+    "parent_offsets",
+    "parent_split",
+    "parent",
+    "parent_edge",
+)
 
 
-_INDEX_NAMES = tuple(f.name for f in fields(Layer) if f.name != "kind")
+@dataclass(frozen=True)
+class HubPlan:
+    """A CSR's long segments cut into chunks of at most :data:`HUB_CHUNK` entries: segment
+    ``i`` owns chunks ``chunk_of_segment[i]:chunk_of_segment[i+1]``, chunk ``t`` covers entries
+    ``chunk_offsets[t]:chunk_offsets[t+1]`` of the CSR and belongs to ``segment_of_chunk[t]``
+    (a row, for the transposed CSR's plans)."""
+
+    chunk_offsets: torch.Tensor  # [S + 1] int32
+    chunk_of_segment: torch.Tensor  # [n + 1] int32
+    segment_of_chunk: torch.Tensor  # [S] int32
+
+    def to(self, device) -> HubPlan:
+        return HubPlan(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def _hub_plan(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut a CSR's segments into chunks of at most :data:`HUB_CHUNK` edges.
-
-    Returns ``(chunk_offsets, chunk_of_segment, segment_of_chunk)``, all empty when no segment
-    is longer than the limit (the kernels then skip the two-step reduction).
-    """
+def hub_plan(offsets: np.ndarray, base: int = 0) -> HubPlan | None:
+    """Chunks of the segments ``offsets[i]:offsets[i+1]`` (``None`` when none is longer than
+    :data:`HUB_CHUNK`: the kernels then skip the two-step reduction); ``segment_of_chunk`` is
+    offset by ``base``."""
     lengths = np.diff(offsets)
     if lengths.size == 0 or lengths.max() <= HUB_CHUNK:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
+        return None
     chunks = np.maximum(1, -(-lengths // HUB_CHUNK))
     chunk_of_segment = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(chunks, out=chunk_of_segment[1:])
     segment_of_chunk = np.repeat(np.arange(lengths.size), chunks)
     index_in_segment = np.arange(segment_of_chunk.size) - chunk_of_segment[segment_of_chunk]
     starts = offsets[segment_of_chunk] + index_in_segment * HUB_CHUNK
-    return np.append(starts, offsets[-1]), chunk_of_segment, segment_of_chunk
+    as_int32 = _int32
+    return HubPlan(
+        as_int32(np.append(starts, offsets[-1])),
+        as_int32(chunk_of_segment),
+        as_int32(segment_of_chunk + base),
+    )
+
+
+def _int32(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))
 
 
 class CompiledCircuit:
     """A circuit compiled to layers (see :meth:`trilay.engine.Circuit.compile`).
 
-    Layer 0 holds the inputs in a fixed order: false, true, ``+1..+V``, ``-1..-V``
-    (``2V + 2`` rows). Layers ``1..num_layers`` alternate AND (odd) and OR (even); the last
-    holds the roots in order. ``num_nodes``/``num_edges`` count every layer, layer 0 included.
+    Rows (one per node, the leaves first):
+
+    - ``0..num_leaves-1``: false, true, ``+1..+V``, ``-1..-V`` and, when ``smooth``, the
+      tautologies ``v OR -v`` for ``v = 1..V`` (``num_leaves`` is ``2V + 2``, or ``3V + 2``);
+    - layer ``k`` (``1..num_layers``): rows ``row_starts[k]:row_starts[k+1]``, all AND
+      (``layer_kinds[k-1] == "and"``) or all OR; every node reads only rows of lower layers.
+
+    Index tensors (int32 unless said, built once, moved by :meth:`to`):
+
+    - ``child: [E]``, ``offsets: [num_nodes - num_leaves + 1]``: internal row ``r`` reduces the
+      rows ``child[offsets[r - num_leaves]:offsets[r - num_leaves + 1]]`` (ascending); edges are
+      numbered in row order, so each layer's edges are contiguous;
+    - ``roots: [num_roots]`` int64: the root rows, in root order (a root may be a leaf, and
+      roots may repeat);
+    - the transposed CSR, for backward passes without atomics: row ``c``'s parent edges are
+      ``parent_offsets[c]:parent_offsets[c+1]``, those of AND parents first, up to
+      ``parent_split[c]``, then those of OR parents; ``parent[...]`` the parent rows and
+      ``parent_edge[...]`` the edge ids, ascending within each part;
+    - hub plans (:class:`HubPlan`, ``None`` where no segment is longer than
+      :data:`HUB_CHUNK`): ``node_hubs[k]`` cuts layer ``k``'s edge CSR, ``parent_hubs[k]`` the
+      transposed CSR of layer ``k``'s rows (``k = 0``: the leaves).
+
+    ``num_nodes``/``num_edges`` count every row and edge, the leaves included.
     """
 
     def __init__(
         self,
         num_vars: int,
-        layers: list[Layer],
-        num_roots: int,
         smooth: bool,
         fixed: dict[int, bool],
+        layer_kinds: list[str],
+        row_starts: list[int],
+        child: torch.Tensor,
+        offsets: torch.Tensor,
+        roots: torch.Tensor,
     ):
-        self.num_vars = num_vars
-        self.layers = layers
-        self.num_roots = num_roots
-        self.smooth = smooth
+        self.num_vars = int(num_vars)
+        self.smooth = bool(smooth)
         self.fixed = dict(fixed)
+        self.layer_kinds = list(layer_kinds)
+        self.row_starts = [int(r) for r in row_starts]
+        self.child = child
+        self.offsets = offsets
+        self.roots = roots
+        off = offsets.cpu().numpy().astype(np.int64)
+        self.edge_starts = [0] + [int(off[r - self.num_leaves]) for r in self.row_starts[1:]]
+        self._derive(child.cpu().numpy().astype(np.int64), off)
+
+    @property
+    def num_leaves(self) -> int:
+        return self.row_starts[1]
 
     @property
     def num_layers(self) -> int:
-        return len(self.layers)
+        return len(self.layer_kinds)
+
+    @property
+    def num_roots(self) -> int:
+        return self.roots.numel()
 
     @property
     def num_nodes(self) -> int:
-        return 2 * self.num_vars + 2 + sum(layer.num_nodes for layer in self.layers)
+        return self.row_starts[-1]
 
     @property
     def num_edges(self) -> int:
-        return sum(layer.num_edges for layer in self.layers)
+        return self.child.numel()
 
     @property
     def device(self) -> torch.device:
-        return self.layers[0].child.device
+        return self.child.device
+
+    def layer_rows(self, k: int) -> tuple[int, int]:
+        """Layer ``k``'s rows ``(first, end)`` (``k = 0``: the leaves)."""
+        return self.row_starts[k], self.row_starts[k + 1]
+
+    def layer_edges(self, k: int) -> tuple[int, int]:
+        """Layer ``k``'s edges ``(first, end)`` (``k >= 1``)."""
+        return self.edge_starts[k], self.edge_starts[k + 1]
+
+    def _derive(self, child: np.ndarray, offsets: np.ndarray) -> None:
+        """The transposed CSR and the hub plans, from ``child`` and ``offsets``."""
+        n, n0 = self.num_nodes, self.num_leaves
+        device = self.device
+        fan_in = np.diff(offsets)
+        edge_parent = np.repeat(np.arange(n0, n, dtype=np.int64), fan_in)
+        row_layer = np.repeat(np.arange(len(self.row_starts) - 1), np.diff(self.row_starts))
+        is_or = np.array([False] + [k == "or" for k in self.layer_kinds])[row_layer]
+        parent_is_or = is_or[edge_parent]
+        order = np.argsort(child * 2 + parent_is_or, kind="stable")
+        parent_offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(child, minlength=n), out=parent_offsets[1:])
+        and_parents = np.bincount(child[~parent_is_or], minlength=n)
+        self.parent_offsets = _int32(parent_offsets).to(device)
+        self.parent_split = _int32(parent_offsets[:-1] + and_parents).to(device)
+        self.parent = _int32(edge_parent[order]).to(device)
+        self.parent_edge = _int32(order).to(device)
+        self.node_hubs: dict[int, HubPlan] = {}
+        self.parent_hubs: dict[int, HubPlan] = {}
+        for k in range(1, self.num_layers + 1):
+            lo, hi = self.layer_rows(k)
+            plan = hub_plan(offsets[lo - n0 : hi - n0 + 1])
+            if plan is not None:
+                self.node_hubs[k] = plan.to(device)
+        for k in range(self.num_layers + 1):
+            lo, hi = self.layer_rows(k)
+            plan = hub_plan(parent_offsets[lo : hi + 1], base=lo)
+            if plan is not None:
+                self.parent_hubs[k] = plan.to(device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every index tensor by name (hub plans as ``node_hub{k}_*`` / ``parent_hub{k}_*``)."""
+        out = {name: getattr(self, name) for name in _INDEX_NAMES}
+        for prefix, plans in (("node_hub", self.node_hubs), ("parent_hub", self.parent_hubs)):
+            for k, plan in plans.items():
+                for field in HubPlan.__dataclass_fields__:
+                    out[f"{prefix}{k}_{field}"] = getattr(plan, field)
+        return out
 
     def to(self, device: str | torch.device) -> CompiledCircuit:
         """Move every index tensor to ``device`` (in place); returns ``self``."""
-        for layer in self.layers:
-            for name, tensor in layer.tensors().items():
-                setattr(layer, name, tensor.to(device))
+        for name in _INDEX_NAMES:
+            setattr(self, name, getattr(self, name).to(device))
+        self.node_hubs = {k: p.to(device) for k, p in self.node_hubs.items()}
+        self.parent_hubs = {k: p.to(device) for k, p in self.parent_hubs.items()}
         return self
 
     def module(self, semiring="real", **options):
         """A :class:`~trilay.engine.module.CircuitModule` evaluating it in ``semiring``;
         ``options`` are the module's (``backend``, ``memory_budget_mb``, ``cuda_graphs``,
-        ``fuse_layers``)."""
+        ``fuse_layers``, ``validate``)."""
         from .module import CircuitModule
 
         return CircuitModule(self, semiring, **options)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the compiled circuit to one file (read it back with :meth:`load`)."""
+        """Write the compiled circuit to one file (read it back with :meth:`load`). Only the
+        forward CSR is stored; the transposed CSR and hub plans are rebuilt on load."""
         torch.save(
             {
                 "format": _FORMAT,
                 "num_vars": self.num_vars,
-                "num_roots": self.num_roots,
                 "smooth": self.smooth,
                 "fixed": sorted(self.fixed.items()),
-                "layers": [
-                    {"kind": layer.kind, **{k: t.cpu() for k, t in layer.tensors().items()}}
-                    for layer in self.layers
-                ],
+                "layer_kinds": list(self.layer_kinds),
+                "row_starts": list(self.row_starts),
+                "child": self.child.cpu(),
+                "offsets": self.offsets.cpu(),
+                "roots": self.roots.cpu(),
             },
             path,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location=None) -> CompiledCircuit:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`; every field and index is checked first.
+
+        Raises :class:`~trilay.engine.errors.ParseError` (naming the file and the problem) for
+        a file that is not a compiled circuit of this version, or whose indices are out of
+        range or inconsistent: a bad index never reaches a kernel.
+        """
+        where = os.fspath(path)
         try:
-            data = torch.load(path, map_location=map_location, weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError as err:
+            raise ParseError(f"no such file ({err.strerror})", where) from err
         except Exception as err:  # torch raises many types for a file that is not its own
-            raise ParseError(f"not a trilay compiled circuit ({err})", os.fspath(path)) from err
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ParseError(f"not a trilay compiled circuit (expected {_FORMAT})", os.fspath(path))
-        layers = [Layer(**layer) for layer in data["layers"]]
-        if not layers:
-            raise CircuitError(f"{os.fspath(path)}: a compiled circuit has at least one layer")
-        return cls(
-            num_vars=data["num_vars"],
-            layers=layers,
-            num_roots=data["num_roots"],
-            smooth=data["smooth"],
-            fixed=dict(data["fixed"]),
-        )
+            raise ParseError(f"not a trilay compiled circuit ({err})", where) from err
+        fields = _checked_fields(data, where)
+        compiled = cls(**fields)
+        return compiled if map_location is None else compiled.to(map_location)
 
     def __repr__(self) -> str:
         return (
@@ -211,3 +266,130 @@ class CompiledCircuit:
             f"num_layers={self.num_layers}, num_nodes={self.num_nodes}, "
             f"num_edges={self.num_edges}, smooth={self.smooth}, device={self.device})"
         )
+
+
+_FIELDS = {
+    "format",
+    "num_vars",
+    "smooth",
+    "fixed",
+    "layer_kinds",
+    "row_starts",
+    "child",
+    "offsets",
+    "roots",
+}
+
+
+def _checked_fields(data, where: str) -> dict:
+    """The constructor's arguments from a loaded file, after checking every one."""
+
+    def bad(problem: str) -> ParseError:
+        return ParseError(f"corrupt compiled circuit: {problem}", where)
+
+    if not isinstance(data, dict):
+        raise ParseError(f"not a trilay compiled circuit (expected {_FORMAT})", where)
+    if data.get("format") in _OLD_FORMATS:
+        raise ParseError(
+            f"compiled by an older trilay ({data['format']}, layers with pass-through nodes); "
+            f"this version reads {_FORMAT}: compile the circuit again and save it",
+            where,
+        )
+    if data.get("format") != _FORMAT:
+        raise ParseError(f"not a trilay compiled circuit (expected {_FORMAT})", where)
+    if set(data) != _FIELDS:
+        missing, extra = sorted(_FIELDS - set(data)), sorted(set(data) - _FIELDS)
+        raise bad(f"missing fields {missing}, unknown fields {extra}")
+    num_vars, smooth = data["num_vars"], data["smooth"]
+    if not _is_int(num_vars) or not 0 <= num_vars < MAX_INDEX // 3:
+        raise bad(f"num_vars {num_vars!r} is not an integer in 0..{MAX_INDEX // 3 - 1}")
+    if not isinstance(smooth, bool):
+        raise bad(f"smooth {smooth!r} is not a bool")
+    fixed = data["fixed"]
+    if not isinstance(fixed, list) or not all(
+        isinstance(p, (tuple, list))
+        and len(p) == 2
+        and _is_int(p[0])
+        and 1 <= p[0] <= num_vars
+        and isinstance(p[1], bool)
+        for p in fixed
+    ):
+        raise bad(f"fixed must be a list of (variable in 1..{num_vars}, bool) pairs")
+    if len({p[0] for p in fixed}) != len(fixed):
+        raise bad("fixed names a variable twice")
+    kinds = data["layer_kinds"]
+    if not isinstance(kinds, list) or not all(k in KINDS for k in kinds):
+        raise bad(f"layer_kinds must be a list of {KINDS}")
+    starts = data["row_starts"]
+    num_leaves = 2 * num_vars + 2 + (num_vars if smooth else 0)
+    if (
+        not isinstance(starts, list)
+        or len(starts) != len(kinds) + 2
+        or not all(_is_int(r) for r in starts)
+    ):
+        raise bad(f"row_starts must be {len(kinds) + 2} integers (one per layer, and the end)")
+    if starts[0] != 0 or starts[1] != num_leaves:
+        raise bad(f"row_starts must begin 0, {num_leaves} (the leaves of {num_vars} variables)")
+    if any(b <= a for a, b in zip(starts[1:], starts[2:], strict=False)) or starts[-1] > MAX_INDEX:
+        raise bad("row_starts must increase (no empty layer) and stay below 2^31")
+    num_nodes = starts[-1]
+    child = _index_tensor(data["child"], "child", bad)
+    offsets = _index_tensor(data["offsets"], "offsets", bad)
+    roots = _index_tensor(data["roots"], "roots", bad)
+    if offsets.numel() != num_nodes - num_leaves + 1:
+        raise bad(f"offsets has {offsets.numel()} entries, expected {num_nodes - num_leaves + 1}")
+    off = offsets.numpy().astype(np.int64)
+    if off[0] != 0 or off[-1] != child.numel() or np.any(np.diff(off) < 1):
+        raise bad("offsets must start at 0, end at len(child) and give every node a child")
+    row_of_edge = np.repeat(np.arange(num_leaves, num_nodes), np.diff(off))
+    layer_of_edge = np.searchsorted(np.asarray(starts), row_of_edge, side="right") - 1
+    kids = child.numpy().astype(np.int64)
+    below = np.asarray(starts)[layer_of_edge]
+    if kids.size and (kids.min() < 0 or np.any(kids >= below)):
+        e = int(np.flatnonzero((kids < 0) | (kids >= below))[0])
+        raise bad(f"edge {e} reads row {kids[e]}, not a row below its node's layer")
+    r = roots.numpy()
+    if r.size == 0 or r.min() < 0 or r.max() >= num_nodes:
+        raise bad(f"roots must be 1 or more rows in 0..{num_nodes - 1}")
+    return {
+        "num_vars": num_vars,
+        "smooth": smooth,
+        "fixed": dict(fixed),
+        "layer_kinds": kinds,
+        "row_starts": starts,
+        "child": child.to(torch.int32),
+        "offsets": offsets.to(torch.int32),
+        "roots": roots.to(torch.int64),
+    }
+
+
+def _index_tensor(t, name: str, bad) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype not in (torch.int32, torch.int64):
+        raise bad(f"{name} must be a 1-D int32/int64 tensor")
+    if t.numel() > MAX_INDEX:
+        raise bad(f"{name} has more than 2^31 entries")
+    return t.contiguous()
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def check_compiled(compiled: CompiledCircuit) -> None:
+    """Raise :class:`~trilay.engine.errors.CircuitError` unless ``compiled`` satisfies the
+    invariants :meth:`CompiledCircuit.load` checks (used by tests of the compiler)."""
+    data = {
+        "format": _FORMAT,
+        "num_vars": compiled.num_vars,
+        "smooth": compiled.smooth,
+        "fixed": sorted(compiled.fixed.items()),
+        "layer_kinds": compiled.layer_kinds,
+        "row_starts": compiled.row_starts,
+        "child": compiled.child.cpu(),
+        "offsets": compiled.offsets.cpu(),
+        "roots": compiled.roots.cpu(),
+    }
+    try:
+        _checked_fields(data, "<compiled>")
+    except ParseError as err:
+        raise CircuitError(str(err)) from err

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
 import torch
-from trilay.kernels.reference import TorchLayer, circuit_forward_torch, needs_grad
+from trilay.kernels.fusion import plan_fusion
+from trilay.kernels.reference import (
+    TorchGather,
+    TorchLayer,
+    circuit_forward_torch,
+    needs_grad,
+    segment_reduce_torch,
+)
 
-from .compiled import CompiledCircuit, Layer
+from .compiled import CompiledCircuit
 from .errors import DeviceError, DTypeError, MemoryBudgetError, SemiringError, ShapeError
 from .semiring import Semiring, get_semiring
 
@@ -23,11 +32,11 @@ _UPCAST_DTYPES = (torch.float16, torch.bfloat16)
 class CircuitModule(torch.nn.Module):
     """Evaluate a compiled circuit in a semiring.
 
-    ``forward(pos, neg=None)`` takes literal weights ``pos: [..., V]`` (variable ``v`` true) and
-    optionally ``neg: [..., V]`` (``v`` false; by default the semiring's complement of ``pos``:
-    ``1 - pos``, or ``log(1 - exp(pos))`` in log space) and returns the roots' values
-    ``[..., num_roots]``. Leading dimensions are batch dimensions. Weights of variables the
-    circuit was compiled with as ``fixed`` are ignored.
+    ``forward(pos, neg=None)`` takes literal weights ``pos: [..., V]`` (variable ``v`` true,
+    column ``v - 1``) and optionally ``neg: [..., V]`` (``v`` false; by default the semiring's
+    complement of ``pos``: ``1 - pos``, or ``log(1 - exp(pos))`` in log space) and returns the
+    roots' values ``[..., num_roots]``. Leading dimensions are batch dimensions. Weights of
+    variables the circuit was compiled with as ``fixed`` are ignored.
 
     Dtypes: float32 and float64 evaluate in their own precision; float16 and bfloat16 are
     evaluated in float32 and the result is cast back. Anything else raises
@@ -46,9 +55,9 @@ class CircuitModule(torch.nn.Module):
     launch cost. The circuit must not change while graphs exist. Off by default until it has
     been validated on a GPU (see tests/test_gpu.py).
 
-    ``fuse_layers`` (Triton backend): run pairs of consecutive layers as one forward and one
-    backward launch where that repeats little work
-    (:func:`trilay.kernels.layer.plan_fusion`); the results are the same either way.
+    ``fuse_layers`` (Triton backend): run pairs of consecutive layers as one forward launch and
+    pairs of row blocks as one backward launch where that repeats little work
+    (:func:`trilay.kernels.fusion.plan_fusion`); the results are the same bits either way.
     """
 
     def __init__(
@@ -73,29 +82,63 @@ class CircuitModule(torch.nn.Module):
         self.backend = backend
         self.num_vars = compiled.num_vars
         self.num_roots = compiled.num_roots
-        self.layer_kinds = [layer.kind for layer in compiled.layers]
+        self.num_leaves = compiled.num_leaves
+        self.smooth = compiled.smooth
+        self.layer_kinds = list(compiled.layer_kinds)
+        self.row_starts = list(compiled.row_starts)
+        self.edge_starts = list(compiled.edge_starts)
         self.memory_budget_mb = memory_budget_mb
         self.cuda_graphs = cuda_graphs
         self.fuse_layers = fuse_layers
         self._graphs: dict[tuple, object] = {}
-        self._backend_layers: dict[str, list] = {}  # filled by _evaluate
-        # Sizes as Python ints: the budget check reads no device memory.
-        self._layer_sizes = [(layer.num_nodes, layer.num_edges) for layer in compiled.layers]
-        for k, layer in enumerate(compiled.layers):
-            for name, tensor in layer.tensors().items():
-                self.register_buffer(f"layer{k}_{name}", tensor)
-
-    def layer(self, k: int) -> Layer:
-        """Layer ``k`` (0-based over the reduction layers) as views of this module's buffers."""
-        buffers = self._buffers  # direct: Module.__getattr__ costs microseconds per layer
-        return Layer(
-            kind=self.layer_kinds[k],
-            **{name: buffers[f"layer{k}_{name}"] for name in Layer.index_names()},
+        self._views: dict[str, object] = {}  # per-backend views of the buffers, see _apply
+        self._node_hub_layers = sorted(compiled.node_hubs)
+        self._parent_hub_layers = sorted(compiled.parent_hubs)
+        for name, tensor in compiled.tensors().items():
+            self.register_buffer(name, tensor)
+        if self.smooth:
+            # Each variable's tautology v OR -v is its two literals reduced as a segment.
+            v = self.num_vars
+            pair = torch.arange(v, device=compiled.device).repeat_interleave(2)
+            self.register_buffer("tautology_segment", pair)
+            self.register_buffer("tautology_offsets", torch.arange(0, 2 * v + 1, 2))
+        self._torch_plan = _torch_plan(compiled)
+        for name, tensor in self._torch_plan.pop("buffers").items():
+            self.register_buffer(name, tensor.to(compiled.device))
+        for name, tensor in _root_groups(compiled).items():
+            self.register_buffer(name, tensor.to(compiled.device))
+        forward_pairs, backward_pairs = plan_fusion(
+            compiled.child.cpu().numpy().astype(np.int64),
+            compiled.offsets.cpu().numpy().astype(np.int64),
+            compiled.parent_offsets.cpu().numpy().astype(np.int64),
+            compiled.row_starts,
+            set(compiled.node_hubs),
+            set(compiled.parent_hubs),
         )
+        self._forward_pairs = sorted(forward_pairs)
+        self._backward_pairs = frozenset(backward_pairs)
+        for k, orphans in forward_pairs.items():
+            self.register_buffer(f"orphans{k}", torch.from_numpy(orphans).to(compiled.device))
 
     @property
     def device(self) -> torch.device:
-        return self.layer0_child.device
+        return self.child.device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_kinds)
+
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        """``(nodes, edges)`` of each layer, bottom up."""
+        rows, edges = (
+            itertools.pairwise(self.row_starts[1:]),
+            itertools.pairwise(self.edge_starts[1:]),
+        )
+        return [(b - a, d - c) for (a, b), (c, d) in zip(rows, edges, strict=True)]
+
+    def reductions(self) -> dict[str, str]:
+        """The reduction of each layer kind in this module's semiring."""
+        return {"and": self.semiring.prod, "or": self.semiring.sum}
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
         compute_dtype = self._check_inputs(pos, neg)
@@ -126,48 +169,63 @@ class CircuitModule(torch.nn.Module):
             self._graphs[key] = graphed
         return graphed(*args)
 
-    def _forward(self, pos, neg, compute_dtype: torch.dtype) -> torch.Tensor:
-        lead = pos.shape[:-1]
-        batch = math.prod(lead)
-        pos_t = pos.reshape(batch, self.num_vars).to(compute_dtype).t()
-        if neg is None:
-            neg_t = self.semiring.complement(pos_t)
-        else:
-            neg_t = neg.reshape(batch, self.num_vars).to(compute_dtype).t()
+    def leaves(self, pos: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+        """The leaf rows ``[num_leaves, B]`` from ``pos``/``neg`` ``[B, V]`` (already in the
+        compute dtype): false, true, the positive literals, the negative ones and, for a
+        smoothed circuit, each variable's tautology ``pos OR neg`` (exactly the semiring's one
+        when ``neg`` is the default complement in ``real`` or ``log``: ``p + (1 - p)`` and its
+        log are one by definition, not after rounding)."""
+        batch = pos.shape[0]
+        pos_t = pos.t()
+        neg_t = self.semiring.complement(pos_t) if neg is None else neg.t()
         # Filled in place from Python scalars: no host-to-device copy in the hot path.
-        constants = torch.empty(2, batch, dtype=compute_dtype, device=pos.device)
+        constants = torch.empty(2, batch, dtype=pos.dtype, device=pos.device)
         constants[0].fill_(self.semiring.zero)
         constants[1].fill_(self.semiring.one)
-        inputs = torch.cat([constants, pos_t, neg_t], dim=0)  # [2V + 2, batch]
-        out = self._evaluate(inputs)  # [num_roots, batch]
-        return out.t().reshape(*lead, self.num_roots).to(pos.dtype)
+        rows = [constants, pos_t, neg_t]
+        if self.smooth:
+            if neg is None and self.semiring.sum in ("sum", "logsumexp"):
+                tautology = constants[1:].expand(self.num_vars, batch)
+            else:
+                pairs = torch.stack([pos_t, neg_t], dim=1).reshape(2 * self.num_vars, batch)
+                tautology = segment_reduce_torch(
+                    pairs, self.tautology_offsets, self.semiring.sum, self.tautology_segment
+                )
+            rows.append(tautology)
+        return torch.cat(rows, dim=0)
+
+    def _forward(self, pos, neg, compute_dtype: torch.dtype) -> torch.Tensor:
+        lead, dtype = pos.shape[:-1], pos.dtype
+        batch = math.prod(lead)
+        pos = pos.reshape(batch, self.num_vars).to(compute_dtype)
+        neg = None if neg is None else neg.reshape(batch, self.num_vars).to(compute_dtype)
+        out = self._evaluate(self.leaves(pos, neg))  # [num_roots, batch]
+        return out.t().reshape(*lead, self.num_roots).to(dtype)
 
     def estimate_bytes(
         self, batch: int, dtype: torch.dtype, backend: str, grad: bool = True
     ) -> int:
-        """Bytes a forward holds. With ``grad`` (autograd will differentiate it): every layer's
-        values (saved for the backward), the Triton path's per-node aux tensors, and the
-        PyTorch path's gathered ``[E, B]`` edge values; plus the widest layer's gradient pair
-        during the backward. Without: the inputs and, at the widest step, one layer with the
-        layer it reads (and the PyTorch path's ``[E, B]`` edge values of that step)."""
+        """Bytes a forward holds, at ``batch`` columns of ``dtype``.
+
+        Every backend holds each node's value (``num_nodes`` rows). With ``grad`` (autograd
+        will differentiate it) the Triton path adds, for the semirings whose reductions need
+        them, a value-sized aux buffer and an int32 arg buffer, and the backward's gradient
+        buffer; the PyTorch path adds the gathered ``[E, B]`` edge values of every layer (and
+        their reduction's input), which autograd saves. Without ``grad``: the node values and,
+        on the PyTorch path, the widest layer's edge values."""
         item = torch.empty(0, dtype=dtype).element_size()
+        nodes = self.row_starts[-1]
+        widest_edges = max((b - a for a, b in itertools.pairwise(self.edge_starts)), default=0)
+        edges = self.edge_starts[-1]
         if not grad:
-            below, peak = 2 * self.num_vars + 2, 0
-            for n, e in self._layer_sizes:
-                step = below + n + (2 * e if backend != "triton" else 0)
-                peak, below = max(peak, step), n
-            return (2 * self.num_vars + 2 + peak) * batch * item
-        reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
-        nodes = 2 * self.num_vars + 2 + sum(n for n, _ in self._layer_sizes)
-        widest = max([2 * self.num_vars + 2] + [n for n, _ in self._layer_sizes])
-        total = (nodes + 2 * widest) * batch * item
-        for (n, e), kind in zip(self._layer_sizes, self.layer_kinds, strict=True):
-            if backend == "triton":
-                if reductions[kind] not in ("sum", "logsumexp"):
-                    total += n * batch * (item + 4)  # aux and int32 arg
-            else:
-                total += 2 * e * batch * item  # gathered values and their reduction's input
-        return total
+            extra = 0 if backend == "triton" else 2 * widest_edges
+            return (nodes + extra) * batch * item
+        if backend == "triton":
+            internal = nodes - self.num_leaves
+            needs_state = any(r not in ("sum", "logsumexp") for r in self.reductions().values())
+            state = internal * (item + 4) if needs_state else 0
+            return (2 * nodes) * batch * item + state * batch
+        return (2 * nodes + 2 * edges) * batch * item
 
     def backend_for(self, device: torch.device) -> str:
         """The backend a forward on ``device`` uses (never a silent fallback)."""
@@ -175,49 +233,116 @@ class CircuitModule(torch.nn.Module):
             return self.backend
         return "triton" if device.type == "cuda" else "torch"
 
-    def _evaluate(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Run the layers on ``inputs: [2V + 2, batch]`` with the chosen backend."""
-        backend = self.backend_for(inputs.device)
-        layers = self._backend_layers.get(backend)
-        if layers is None:
-            layers = self._backend_layers[backend] = self._layers_for(backend)
-        if backend == "triton":
-            from trilay.kernels.layer import circuit_forward_triton
-
-            return circuit_forward_triton(inputs, layers)
-        return circuit_forward_torch(inputs, layers)
-
-    def _layers_for(self, backend: str) -> list:
-        """The layers as the backend's op takes them, built once per backend and device."""
-        reductions = {"and": self.semiring.prod, "or": self.semiring.sum}
-        layers = map(self.layer, range(len(self.layer_kinds)))
+    def _evaluate(self, leaves: torch.Tensor) -> torch.Tensor:
+        """Run the layers on ``leaves: [num_leaves, batch]``: the roots ``[num_roots, batch]``."""
+        backend = self.backend_for(leaves.device)
         if backend == "triton":
             try:
-                from trilay.kernels.layer import TritonLayer, plan_fusion
+                from trilay.kernels.layer import circuit_forward_triton
             except ImportError as err:
                 raise DeviceError(f"the Triton backend cannot run: {err}") from err
-            fields = [f for f in TritonLayer._fields if f not in ("reduce", "fused_with_next")]
-            triton_layers = [
-                TritonLayer(**{f: getattr(layer, f) for f in fields}, reduce=reductions[layer.kind])
-                for layer in layers
-            ]
-            return plan_fusion(triton_layers) if self.fuse_layers else triton_layers
-        # int64 child ids (a copy per layer, built once): index_select's backward is an
-        # index_add, which on the CPU is 6-10x slower with int32 ids at batch 1 (measured:
-        # 304k edges, 2.7 ms int64 vs 24 ms int32).
-        return [
-            TorchLayer(layer.child.long(), layer.offsets, reductions[layer.kind], layer.edge_parent)
-            for layer in layers
-        ]
+            return circuit_forward_triton(leaves, self.triton_circuit())
+        layers, roots = self.torch_layers()
+        return circuit_forward_torch(leaves, layers, roots)
+
+    def torch_layers(self) -> tuple[list[TorchLayer], TorchGather]:
+        """The PyTorch path's layers and root gather, as views of this module's buffers
+        (slices, built once and again after ``.to()`` or ``load_state_dict``)."""
+        views = self._views.get("torch")
+        if views is None:
+            views = self._views["torch"] = self._torch_views()
+        return views
+
+    def _torch_views(self) -> tuple[list[TorchLayer], TorchGather]:
+        buffers = self._buffers  # direct: Module.__getattr__ costs microseconds per access
+        index, segment, offsets = (
+            buffers["torch_index"],
+            buffers["torch_segment"],
+            buffers["offsets"],
+        )
+        reductions = self.reductions()
+        n0 = self.num_leaves
+        layers = []
+        for k, kind in enumerate(self.layer_kinds, start=1):
+            parts = tuple((s, index[a:b]) for s, a, b in self._torch_plan["parts"][k - 1])
+            e0, e1 = self.edge_starts[k], self.edge_starts[k + 1]
+            r0, r1 = self.row_starts[k] - n0, self.row_starts[k + 1] - n0
+            layers.append(
+                TorchLayer(
+                    TorchGather(parts), offsets[r0 : r1 + 1], segment[e0:e1], reductions[kind]
+                )
+            )
+        root_index = buffers["torch_root_index"]
+        root_parts = tuple((s, root_index[a:b]) for s, a, b in self._torch_plan["root_parts"])
+        order = buffers.get("torch_root_order")
+        return layers, TorchGather(root_parts, order)
+
+    def triton_circuit(self):
+        """The Triton path's view of this module's buffers (a
+        :class:`trilay.kernels.layer.TritonCircuit`, built once and again after ``.to()`` or
+        ``load_state_dict``)."""
+        views = self._views.get("triton")
+        if views is None:
+            views = self._views["triton"] = self._triton_views()
+        return views
+
+    def _triton_views(self):
+        from trilay.kernels.layer import TritonCircuit, TritonLayer
+
+        buffers = self._buffers
+        reductions = self.reductions()
+        layers = tuple(
+            TritonLayer(
+                rows=(self.row_starts[k], self.row_starts[k + 1]),
+                edges=(self.edge_starts[k], self.edge_starts[k + 1]),
+                reduce=reductions[kind],
+                node_hub=self._hub("node_hub", k),
+                parent_hub=self._hub("parent_hub", k),
+            )
+            for k, kind in enumerate(self.layer_kinds, start=1)
+        )
+        root_groups = None
+        if "root_rows" in buffers:
+            root_groups = tuple(buffers[f"root_{f}"] for f in ("rows", "positions", "offsets"))
+        forward_pairs = {}
+        if self.fuse_layers:
+            forward_pairs = {k: buffers[f"orphans{k}"] for k in self._forward_pairs}
+        return TritonCircuit(
+            num_leaves=self.num_leaves,
+            leaf_hub=self._hub("parent_hub", 0),
+            layers=layers,
+            and_reduce=reductions["and"],
+            or_reduce=reductions["or"],
+            child=buffers["child"],
+            offsets=buffers["offsets"],
+            parent_offsets=buffers["parent_offsets"],
+            parent_split=buffers["parent_split"],
+            parent=buffers["parent"],
+            parent_edge=buffers["parent_edge"],
+            roots=buffers["roots"],
+            root_of_row=buffers["root_of_row"],
+            root_groups=root_groups,
+            forward_pairs=forward_pairs,
+            backward_pairs=self._backward_pairs if self.fuse_layers else frozenset(),
+        )
+
+    def _hub(self, prefix: str, k: int):
+        layers = self._node_hub_layers if prefix == "node_hub" else self._parent_hub_layers
+        if k not in layers:
+            return None
+        b = self._buffers
+        fields = ("chunk_offsets", "chunk_of_segment", "segment_of_chunk")
+        return tuple(b[f"{prefix}{k}_{f}"] for f in fields)
 
     def _apply(self, fn, *args, **kwargs):
-        # .to(), .cuda(), .double() replace the buffers: cached layer views and graphs are stale.
-        self._backend_layers, self._graphs = {}, {}
+        # .to(), .cuda(), .double() replace the buffers: views of and graphs captured on the
+        # old ones are stale.
+        self._graphs, self._views = {}, {}
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
         # load_state_dict(assign=True) replaces the buffers too.
-        self._backend_layers, self._graphs = {}, {}
+        self._graphs, self._views = {}, {}
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _check_inputs(self, pos, neg) -> torch.dtype:
@@ -251,5 +376,79 @@ class CircuitModule(torch.nn.Module):
     def extra_repr(self) -> str:
         return (
             f"semiring={self.semiring.name}, num_vars={self.num_vars}, num_roots={self.num_roots}, "
-            f"num_layers={len(self.layer_kinds)}, backend={self.backend}"
+            f"num_layers={self.num_layers}, backend={self.backend}"
         )
+
+
+def _torch_plan(compiled: CompiledCircuit) -> dict:
+    """How the PyTorch path gathers each layer's children and the roots: edges grouped by the
+    layer they read (one ``index_select`` per group), as local rows of that layer.
+
+    Returns ``{"parts": [[(source, start, end), ...] per layer], "root_parts": [...],
+    "buffers": {name: tensor}}``: ``torch_index[start:end]`` are the group's local rows,
+    ``torch_segment`` each edge's node within its layer (in the grouped order), and the roots'
+    own index (plus ``torch_root_order`` restoring root order when the groups reorder them).
+    """
+    starts = np.asarray(compiled.row_starts)
+    child = compiled.child.cpu().numpy().astype(np.int64)
+    fan_in = np.diff(compiled.offsets.cpu().numpy().astype(np.int64))
+    node = np.repeat(np.arange(fan_in.size), fan_in)  # internal node of each edge
+    source = np.searchsorted(starts, child, side="right") - 1
+    index = np.empty_like(child)
+    segment = np.empty_like(child)
+    parts = []
+    n0 = compiled.num_leaves
+    for k in range(1, compiled.num_layers + 1):
+        e0, e1 = compiled.layer_edges(k)
+        order = np.argsort(source[e0:e1], kind="stable") + e0
+        src = source[order]
+        index[e0:e1] = child[order] - starts[src]
+        segment[e0:e1] = node[order] - (starts[k] - n0)
+        bounds = np.flatnonzero(np.diff(src)) + 1
+        cuts = np.concatenate([[0], bounds, [e1 - e0]]) + e0
+        parts.append(
+            [(int(src[a - e0]), int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        )
+    roots = compiled.roots.cpu().numpy()
+    root_source = np.searchsorted(starts, roots, side="right") - 1
+    root_order = np.argsort(root_source, kind="stable")
+    rs = root_source[root_order]
+    cuts = np.concatenate([[0], np.flatnonzero(np.diff(rs)) + 1, [rs.size]])
+    buffers = {
+        "torch_index": torch.from_numpy(index),
+        "torch_segment": torch.from_numpy(segment),
+        "torch_root_index": torch.from_numpy(roots[root_order] - starts[rs]),
+    }
+    if np.any(root_order != np.arange(roots.size)):
+        inverse = np.empty_like(root_order)
+        inverse[root_order] = np.arange(roots.size)
+        buffers["torch_root_order"] = torch.from_numpy(inverse)
+    return {
+        "parts": parts,
+        "root_parts": [
+            (int(rs[a]), int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        ],
+        "buffers": buffers,
+    }
+
+
+def _root_groups(compiled: CompiledCircuit) -> dict[str, torch.Tensor]:
+    """``root_of_row`` (int32, each row's index among the roots, -1 for the others) and, where a
+    root row repeats, each distinct root row and the CSR of its positions among the roots
+    (``root_rows`` int64, ``root_positions`` / ``root_offsets`` int32; ``root_of_row`` then
+    indexes the distinct rows), for summing the repeated roots' gradients without atomics."""
+    roots = compiled.roots.cpu().numpy()
+    rows, counts = np.unique(roots, return_counts=True)
+    root_of_row = np.full(compiled.num_nodes, -1, dtype=np.int32)
+    if rows.size == roots.size:
+        root_of_row[roots] = np.arange(roots.size)
+        return {"root_of_row": torch.from_numpy(root_of_row)}
+    root_of_row[rows] = np.arange(rows.size)
+    offsets = np.zeros(rows.size + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return {
+        "root_of_row": torch.from_numpy(root_of_row),
+        "root_rows": torch.from_numpy(rows.astype(np.int64)),
+        "root_positions": torch.from_numpy(np.argsort(roots, kind="stable").astype(np.int32)),
+        "root_offsets": torch.from_numpy(offsets),
+    }

@@ -68,6 +68,7 @@ Where this differs from KLay 0.1.2 (each checked against klaycircuits 0.1.2 ther
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import warnings
@@ -82,7 +83,7 @@ from trilay.engine.circuit import AND, FALSE, LITERAL, TRUE
 from trilay.engine.errors import CircuitError, DTypeError, SemiringError, ShapeError
 from trilay.engine.io import read_nnf_file, read_sdd_file, sdd_node_arrays
 from trilay.engine.semiring import Semiring, log1mexp
-from trilay.kernels.reference import layer_forward_torch
+from trilay.kernels.reference import gather_rows, segment_reduce_torch
 
 #: KLay's semirings, evaluated on the circuit as written (no smoothing), as KLay does: the
 #: max semirings take the max over the circuit's branches, not over complete models.
@@ -343,9 +344,9 @@ class ProbabilisticCircuitModule(CircuitModule):
     weighted circuit with its ordinary layers. The OR nodes are those of the compiled circuit
     (after constant folding and merging of equal sub-circuits, as KLay's).
 
-    Edge order: edge ``e`` is the ``e``-th edge of the compiled circuit's OR nodes with two or
-    more children, layer by layer (:attr:`CompiledCircuit.layers`), node by node, each node's
-    edges in CSR order; ``edge_node[e]`` is its OR node (0-based, ascending, so each node's
+    Edge order: edge ``e`` is the ``e``-th edge of the compiled circuit's OR nodes, row by row
+    (:class:`~trilay.engine.CompiledCircuit`: layer by layer), each node's edges in CSR
+    order; ``edge_node[e]`` is its OR node (0-based, ascending, so each node's
     edges are contiguous).
 
     ``forward`` is :class:`CircuitModule`'s; :meth:`sample` draws assignments.
@@ -449,7 +450,7 @@ class ProbabilisticCircuitModule(CircuitModule):
         num_edges, num_samples = self.weights.numel(), log_pos.shape[1]
         weights = self.log_edge_weights().float()[:, None].expand(num_edges, num_samples)
         log_neg = log1mexp(log_pos)
-        inputs = torch.cat(
+        leaves = torch.cat(
             [
                 torch.tensor([[-math.inf], [0.0]], device=log_pos.device).expand(-1, num_samples),
                 log_pos,
@@ -458,31 +459,41 @@ class ProbabilisticCircuitModule(CircuitModule):
                 torch.full_like(weights, -math.inf),
             ]
         )
-        values = [inputs]  # every layer's [n, S] log values, kept for the top-down pass
-        layers = [self.circuit.layer(k) for k in range(len(self.circuit.layer_kinds))]
-        for layer in layers:
-            reduce = "logsumexp" if layer.kind == "or" else "sum"
-            values.append(layer_forward_torch(values[-1], layer.child, layer.offsets, reduce))
-        if not torch.isfinite(values[-1][root]).all():
+        circuit = self.circuit
+        layers, _ = circuit.torch_layers()
+        values = [leaves]  # every layer's [n, S] log values, kept for the top-down pass
+        kinds = circuit.layer_kinds
+        for layer, kind in zip(layers, kinds, strict=True):
+            reduce = "logsumexp" if kind == "or" else "sum"
+            edges = gather_rows(values, layer.gather)
+            values.append(segment_reduce_torch(edges, layer.offsets, reduce, layer.segment))
+        row = int(circuit.roots[root])
+        top = bisect.bisect_right(circuit.row_starts, row) - 1
+        local = row - circuit.row_starts[top]
+        if not torch.isfinite(values[top][local]).all():
             raise CircuitError(f"root {root} has probability 0 under these weights")
-        picked = torch.zeros_like(values[-1], dtype=torch.bool)
-        picked[root] = True
-        for k in range(len(layers) - 1, -1, -1):
-            layer, below = layers[k], values[k]
-            edge_on = picked.index_select(0, layer.edge_parent)  # [E, S]
-            if layer.kind == "or":
+        picked = [torch.zeros_like(v, dtype=torch.bool) for v in values]
+        picked[top][local] = True
+        for k in range(top, 0, -1):
+            layer = layers[k - 1]
+            edge_on = picked[k].index_select(0, layer.segment)  # [E, S], edges in gather order
+            if kinds[k - 1] == "or":
                 # Gumbel-max over each node's edges picks child j with probability
                 # exp(value_j) / sum_i exp(value_i).
-                uniform = torch.rand(edge_on.shape, generator=generator, device=below.device)
-                score = below.index_select(0, layer.child) - torch.log(-torch.log(uniform))
-                best = torch.full(picked.shape, -math.inf, device=below.device)
-                best = best.scatter_reduce(0, _rows(layer.edge_parent, score), score, "amax")
-                edge_on &= score == best.index_select(0, layer.edge_parent)
-            reached = torch.zeros(below.shape, device=below.device)
-            reached.index_add_(0, layer.child.long(), edge_on.to(reached.dtype))
-            picked = reached > 0
-        n = self.circuit.num_vars
-        return torch.cat([picked[2 : 2 + self.num_vars], picked[2 + n : 2 + n + self.num_vars]])
+                uniform = torch.rand(edge_on.shape, generator=generator, device=leaves.device)
+                score = gather_rows(values, layer.gather) - torch.log(-torch.log(uniform))
+                best = torch.full(picked[k].shape, -math.inf, device=leaves.device)
+                best = best.scatter_reduce(0, _rows(layer.segment, score), score, "amax")
+                edge_on &= score == best.index_select(0, layer.segment)
+            at = 0
+            for source, index in layer.gather.parts:
+                reached = torch.zeros(picked[source].shape, device=leaves.device)
+                reached.index_add_(0, index, edge_on[at : at + index.numel()].to(reached.dtype))
+                picked[source] |= reached > 0
+                at += index.numel()
+        n = circuit.num_vars
+        chosen = picked[0]
+        return torch.cat([chosen[2 : 2 + self.num_vars], chosen[2 + n : 2 + n + self.num_vars]])
 
 
 def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -492,33 +503,32 @@ def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _weighted_circuit(compiled: CompiledCircuit) -> tuple[_IR, np.ndarray]:
     """The compiled circuit rebuilt with a weight variable on every edge of every OR node with
     two or more children: ``(circuit, edge_node)``, edge ``e``'s variable ``V + 1 + e`` and
-    ``edge_node[e]`` its OR node (0-based, in build order)."""
+    ``edge_node[e]`` its OR node (0-based, in build order: rows ascending)."""
+    if compiled.smooth:
+        raise CircuitError("a probabilistic circuit is built from the circuit as written")
     num_vars = compiled.num_vars
     ir = _IR()
-    # Layer 0's rows: false, true, +1..+V, -1..-V (see CompiledCircuit).
-    below = [ir.false(), ir.true()]
-    below += [ir.literal(v) for v in range(1, num_vars + 1)]
-    below += [ir.literal(-v) for v in range(1, num_vars + 1)]
+    # The leaf rows: false, true, +1..+V, -1..-V (see CompiledCircuit).
+    rows = [ir.false(), ir.true()]
+    rows += [ir.literal(v) for v in range(1, num_vars + 1)]
+    rows += [ir.literal(-v) for v in range(1, num_vars + 1)]
+    child, offsets = compiled.child.tolist(), compiled.offsets.tolist()
     edge_node: list[int] = []
     next_var = num_vars + 1
-    for layer in compiled.layers:
-        child, offsets = layer.child.tolist(), layer.offsets.tolist()
-        nodes = []
-        for i in range(len(offsets) - 1):
-            kids = [below[c] for c in child[offsets[i] : offsets[i + 1]]]
-            if layer.kind == "and":
-                nodes.append(ir.conjoin(kids))
-            elif len(kids) == 1:  # a chain node: its one weight would always be 1
-                nodes.append(kids[0])
-            else:
-                sum_node = edge_node[-1] + 1 if edge_node else 0
-                weighted = []
-                for kid in kids:
-                    weighted.append(ir.conjoin([kid, ir.literal(next_var)]))
-                    edge_node.append(sum_node)
-                    next_var += 1
-                nodes.append(ir.disjoin(weighted))
-        below = nodes
-    for node in below:
-        ir.add_root(node)
+    for k, kind in enumerate(compiled.layer_kinds, start=1):
+        first, end = compiled.layer_rows(k)
+        for i in range(first - compiled.num_leaves, end - compiled.num_leaves):
+            kids = [rows[c] for c in child[offsets[i] : offsets[i + 1]]]
+            if kind == "and":
+                rows.append(ir.conjoin(kids))
+                continue
+            sum_node = edge_node[-1] + 1 if edge_node else 0
+            weighted = []
+            for kid in kids:  # an OR node has two children or more (no unary nodes)
+                weighted.append(ir.conjoin([kid, ir.literal(next_var)]))
+                edge_node.append(sum_node)
+                next_var += 1
+            rows.append(ir.disjoin(weighted))
+    for root in compiled.roots.tolist():
+        ir.add_root(rows[root])
     return ir, np.asarray(edge_node, dtype=np.int64)

@@ -8,6 +8,7 @@ from . import errors
 from .reference import (
     REDUCTIONS,
     circuit_forward_torch,
+    gather_rows,
     layer_forward_torch,
     segment_reduce_torch,
 )
@@ -15,6 +16,7 @@ from .reference import (
 __all__ = [
     "REDUCTIONS",
     "circuit_forward_torch",
+    "gather_rows",
     "layer_forward_torch",
     "segment_reduce_torch",
     "errors",

@@ -1,18 +1,26 @@
-"""Fused Triton layer op: gather + segment reduce in one pass, with a hand-written backward.
+"""Fused Triton circuit kernels: gather + segment reduce in one pass, with a hand-written backward.
 
-Layout as in :mod:`trilay.kernels.reference`: node values ``[num_nodes, batch]`` with batch
-contiguous, a layer a CSR over the layer below. A forward program owns a tile of
-``BLOCK_N`` output nodes x ``BLOCK_B`` batch columns, walks the nodes' edges, gathers each
-child row (one coalesced load per child) and reduces in registers: no edge-sized tensor and no
-atomics. The backward walks the transposed CSR (child -> parent edges) the same way, so it too
-is atomic-free and deterministic. Two consecutive layers can run as one forward and one
-backward launch (:func:`pair_forward`, :func:`pair_backward`, planned by :func:`plan_fusion`):
-the upper layer's programs compute the lower layer's nodes in registers, halving the dependent
-launches of a deep circuit.
+Layout: node values ``[num_nodes, batch]`` with batch contiguous, one buffer for the whole
+circuit (:class:`trilay.engine.CompiledCircuit`): a layer is a block of rows whose nodes read
+their children from any lower rows. A forward program owns a tile of ``BLOCK_N`` nodes x
+``BLOCK_B`` batch columns, walks the nodes' edges, gathers each child row (one coalesced load
+per child) and reduces in registers: no edge-sized tensor and no atomics. The backward walks
+the layers top down; a program owns a tile of rows and gathers their gradient from their
+parents' (all in higher layers, so final) over the transposed CSR: atomic-free and
+deterministic. A row's parents are listed AND parents first, then OR parents, each part with
+its own reduction's derivative.
+
+Two consecutive layers can run as one forward launch (:func:`pair_forward`: the upper layer's
+programs compute their children in the lower layer in registers, other programs the lower
+nodes no upper node reads) and two consecutive row blocks as one backward launch
+(:func:`pair_backward`: the lower rows' programs recompute the gradients of their parents in
+the upper block), halving the dependent launches of a deep circuit (planned by
+:func:`trilay.kernels.fusion.plan_fusion`).
 
 Reductions: ``sum``, ``prod``, ``logsumexp`` (online, one ``exp`` per edge), ``max``, ``min``,
 and the fuzzy forms ``lukasiewicz_and`` (``max(0, sum - (n - 1))``), ``lukasiewicz_or``
-(``min(1, sum)``) and ``prob_sum`` (``1 - prod(1 - x)``).
+(``min(1, sum)``) and ``prob_sum`` (``1 - prod(1 - x)``). A NaN input gives a NaN value (and
+NaN gradients through max/min), as torch's reductions do.
 
 Dtypes: float32 and float64 compute in their own precision (the engine evaluates float16 and
 bfloat16 in float32). On CPU tensors the kernels run only under Triton's interpreter
@@ -21,8 +29,7 @@ bfloat16 in float32). On CPU tensors the kernels run only under Triton's interpr
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Sequence
+import os
 from typing import NamedTuple
 
 import torch
@@ -49,8 +56,12 @@ _SUM, _PROD, _LSE, _MAX, _MIN, _LUK_AND, _LUK_OR, _PROB_SUM = range(8)
 _NEUTRAL = (0.0, 1.0, float("-inf"), float("-inf"), float("inf"), 0.0, 0.0, 0.0)
 _NEEDS_AUX = (_PROD, _LUK_AND, _LUK_OR, _PROB_SUM)
 _NEEDS_ARG = (_PROD, _MAX, _MIN, _PROB_SUM)
+# The smallest normal number: a product of non-zero factors below it (or not finite) lost
+# digits to underflow (overflow), and the backward recomputes the other factors' product.
+_TINY = {torch.float32: 1.1754943508222875e-38, torch.float64: 2.2250738585072014e-308}
 
 
+# ---------------------------------------------------------------------------- forward
 @triton.jit
 def _tile(offsets_ptr, n, batch, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
     """This program's rows and batch columns, their masks, and each row's CSR segment."""
@@ -100,16 +111,18 @@ def _step(acc, total, zeros, nonzero, arg, x, candidate, REDUCE: tl.constexpr):
         nonzero *= tl.where(is_zero, 1.0, factor)
     elif REDUCE == 2:
         # Online logsumexp with one exp per edge: exp(-|x - m|) rescales either the running
-        # total (new max) or the new term. -inf terms add nothing.
+        # total (new max) or the new term. -inf terms add nothing; a NaN makes the total NaN.
         t = tl.exp(-tl.abs(x - acc))
         t = tl.where(x == float("-inf"), 0.0, t)
         total = tl.where(x > acc, total * t + 1.0, total + t)
         acc = tl.maximum(acc, x)
     else:
+        # The first NaN wins and stays (nothing compares greater than NaN), as amax's NaN.
         if REDUCE == 3:
             better = x > acc
         else:
             better = x < acc
+        better = better | ((x != x) & (acc == acc))
         arg = tl.where(better, candidate, arg)
         acc = tl.where(better, x, acc)
     return acc, total, zeros, nonzero, arg
@@ -131,9 +144,9 @@ def _finish(acc, total, zeros, nonzero, arg, length, REDUCE: tl.constexpr):
         acc = acc + tl.log(total)  # all -inf: -inf + log(0) = -inf
     elif REDUCE == 5:
         aux = acc - (length[:, None] - 1).to(acc.dtype)
-        acc = tl.maximum(aux, 0.0)
+        acc = tl.where(aux != aux, aux, tl.maximum(aux, 0.0))
     elif REDUCE == 6:
-        acc = tl.minimum(acc, 1.0)
+        acc = tl.where(acc != acc, acc, tl.minimum(acc, 1.0))
     return acc, aux, arg
 
 
@@ -185,11 +198,11 @@ def _reduce_segments(
 
 @triton.jit
 def _layer_fwd_kernel(
-    values_ptr,  # [n_below, batch] the layer below
+    values_ptr,  # [rows, batch] the rows the edges read (the circuit's value buffer)
     child_ptr,  # [E] int32 row of values each edge reads
     offsets_ptr,  # [n + 1] int32 CSR offsets of each node's (or hub chunk's) edges
-    out_ptr,  # [n, batch]
-    aux_ptr,  # [n, batch] what the backward needs beyond out (see _layer_bwd_kernel)
+    out_ptr,  # [n, batch] this layer's rows (a view of the value buffer)
+    aux_ptr,  # [n, batch] what the backward needs beyond out (see _edge_grad)
     arg_ptr,  # [n, batch] int32: edge of the max/min; zero factors of prod/prob_sum
     n,
     batch,
@@ -216,7 +229,6 @@ def _layer_fwd_kernel(
         BLOCK_N,
         BLOCK_B,
     )
-
     if PARTIAL:
         if REDUCE == 2:
             acc = acc + tl.log(total)  # partial logsumexps combine by logsumexp
@@ -256,7 +268,6 @@ def _layer_combine_kernel(
     acc, total, zeros, nonzero, arg = _start(
         start, NEUTRAL, part_out_ptr.dtype.element_ty, BLOCK_N, BLOCK_B
     )
-
     for j in range(0, tl.max(count, axis=0)):
         chunk_mask = node_mask & (j < count)
         mask = chunk_mask[:, None] & col_mask[None, :]
@@ -272,58 +283,56 @@ def _layer_combine_kernel(
             acc, total, zeros, nonzero, arg = _step(
                 acc, total, zeros, nonzero, arg, x, candidate, REDUCE
             )
-
     out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
     _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE, STATE)
 
 
 @triton.jit
 def _pair_fwd_kernel(
-    values_ptr,  # [n_below, batch] the layer below the lower layer
-    low_child_ptr,  # [E_low] int32 the lower layer's CSR
-    low_offsets_ptr,  # [n_low + 1] int32
-    child_ptr,  # [E] int32 the upper layer's CSR, over the lower layer's nodes
-    offsets_ptr,  # [n + 1] int32
-    low_out_ptr,  # [n_low, batch] the lower layer's state, as _layer_fwd_kernel writes it
+    values_ptr,  # [rows, batch] the value buffer: rows below the lower layer are final
+    child_ptr,  # [E] int32 every edge's child row
+    low_offsets_ptr,  # [n_low + 1] int32 the lower layer's CSR
+    offsets_ptr,  # [n + 1] int32 the upper layer's CSR
+    low_out_ptr,  # [n_low, batch] the lower layer's rows, aux and arg (views)
     low_aux_ptr,
     low_arg_ptr,
-    out_ptr,  # [n, batch] the upper layer's state
+    out_ptr,  # [n, batch] the upper layer's rows, aux and arg
     aux_ptr,
     arg_ptr,
+    orphan_ptr,  # [n_orphans] int32 the lower nodes no upper node reads
     n,
+    n_orphans,
+    low_first,  # row of the lower layer's first node
+    n_low,
     batch,
     LOW_REDUCE: tl.constexpr,
     LOW_NEUTRAL: tl.constexpr,
     REDUCE: tl.constexpr,
     NEUTRAL: tl.constexpr,
-    STATE: tl.constexpr,  # store both layers' state for a backward; else only the upper out
+    STATE: tl.constexpr,  # store aux and arg for a backward
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """Two layers in one launch: each upper node reduces its children, computing each child
-    (a lower node) in registers from the rows below. A lower node with several parents is
-    computed once per parent and stored by each, the same value every time (the fusion plan
-    bounds that recomputation); every lower node has a parent, so every row is written."""
-    cols, node_mask, col_mask, start, length, where = _tile(offsets_ptr, n, batch, BLOCK_N, BLOCK_B)
-    tile_mask = node_mask[:, None] & col_mask[None, :]
-    acc, total, zeros, nonzero, arg = _start(
-        start, NEUTRAL, values_ptr.dtype.element_ty, BLOCK_N, BLOCK_B
-    )
-
-    for j in range(0, tl.max(length, axis=0)):
-        edge_mask = node_mask & (j < length)
-        edge = start + j
-        low = tl.load(child_ptr + edge, mask=edge_mask, other=0)
-        mask = edge_mask[:, None] & col_mask[None, :]
-        low_start = tl.load(low_offsets_ptr + low, mask=edge_mask, other=0)
-        low_length = tl.load(low_offsets_ptr + low + 1, mask=edge_mask, other=0) - low_start
-
-        low_acc, low_total, low_zeros, low_nonzero, low_arg = _reduce_segments(
+    """Two layers in one launch. The first programs own tiles of upper nodes: each reduces its
+    children, computing a child in the lower layer in registers from the rows below (and
+    storing it: a lower node with several parents is stored by each, the same value every
+    time; the fusion plan bounds that recomputation) and loading any other child. The last
+    programs own tiles of the orphans, the lower nodes no upper node reads."""
+    upper_tiles = tl.cdiv(n, BLOCK_N)
+    if tl.program_id(0) >= upper_tiles:
+        rows = (tl.program_id(0) - upper_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+        row_mask = rows < n_orphans
+        col_mask = cols < batch
+        low = tl.load(orphan_ptr + rows, mask=row_mask, other=0)
+        start = tl.load(low_offsets_ptr + low, mask=row_mask, other=0)
+        length = tl.load(low_offsets_ptr + low + 1, mask=row_mask, other=0) - start
+        acc, total, zeros, nonzero, arg = _reduce_segments(
             values_ptr,
-            low_child_ptr,
-            low_start,
-            low_length,
-            edge_mask,
+            child_ptr,
+            start,
+            length,
+            row_mask,
             cols,
             col_mask,
             batch,
@@ -332,242 +341,679 @@ def _pair_fwd_kernel(
             BLOCK_N,
             BLOCK_B,
         )
-        low_out, low_aux, low_arg = _finish(
-            low_acc, low_total, low_zeros, low_nonzero, low_arg, low_length, LOW_REDUCE
+        out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, LOW_REDUCE)
+        where = low[:, None].to(tl.int64) * batch + cols[None, :]
+        mask = row_mask[:, None] & col_mask[None, :]
+        _store(low_out_ptr, low_aux_ptr, low_arg_ptr, where, mask, out, aux, arg, LOW_REDUCE, STATE)
+    else:
+        cols, node_mask, col_mask, start, length, where = _tile(
+            offsets_ptr, n, batch, BLOCK_N, BLOCK_B
         )
-        if STATE:
+        tile_mask = node_mask[:, None] & col_mask[None, :]
+        acc, total, zeros, nonzero, arg = _start(
+            start, NEUTRAL, values_ptr.dtype.element_ty, BLOCK_N, BLOCK_B
+        )
+        for j in range(0, tl.max(length, axis=0)):
+            edge_mask = node_mask & (j < length)
+            edge = start + j
+            child = tl.load(child_ptr + edge, mask=edge_mask, other=0)
+            low = child - low_first
+            in_low = edge_mask & (low >= 0) & (low < n_low)
+            mask = edge_mask[:, None] & col_mask[None, :]
+            low_mask = in_low[:, None] & col_mask[None, :]
+            low_start = tl.load(low_offsets_ptr + low, mask=in_low, other=0)
+            low_length = tl.load(low_offsets_ptr + low + 1, mask=in_low, other=0) - low_start
+            l_acc, l_total, l_zeros, l_nonzero, l_arg = _reduce_segments(
+                values_ptr,
+                child_ptr,
+                low_start,
+                low_length,
+                in_low,
+                cols,
+                col_mask,
+                batch,
+                LOW_REDUCE,
+                LOW_NEUTRAL,
+                BLOCK_N,
+                BLOCK_B,
+            )
+            low_out, low_aux, low_arg = _finish(
+                l_acc, l_total, l_zeros, l_nonzero, l_arg, low_length, LOW_REDUCE
+            )
             low_where = low[:, None].to(tl.int64) * batch + cols[None, :]
             _store(
                 low_out_ptr,
                 low_aux_ptr,
                 low_arg_ptr,
                 low_where,
-                mask,
+                low_mask,
                 low_out,
                 low_aux,
                 low_arg,
                 LOW_REDUCE,
-                True,
+                STATE,
             )
-        x = tl.where(mask, low_out, NEUTRAL)
-        acc, total, zeros, nonzero, arg = _step(
-            acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
-        )
+            other_mask = mask & ~low_mask
+            loaded = tl.load(
+                values_ptr + child[:, None].to(tl.int64) * batch + cols[None, :],
+                mask=other_mask,
+                other=NEUTRAL,
+            )
+            x = tl.where(low_mask, low_out, loaded)
+            x = tl.where(mask, x, NEUTRAL)
+            acc, total, zeros, nonzero, arg = _step(
+                acc, total, zeros, nonzero, arg, x, edge[:, None], REDUCE
+            )
+        out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
+        _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE, STATE)
 
-    out, aux, arg = _finish(acc, total, zeros, nonzero, arg, length, REDUCE)
-    _store(out_ptr, aux_ptr, arg_ptr, where, tile_mask, out, aux, arg, REDUCE, STATE)
 
-
+# ---------------------------------------------------------------------------- backward
 # d out[p] / d x[c] for an edge p -> c, by reduction (o = out[p], x = x[c]):
 #   sum: 1              prod: with a[p] the product of the non-zero children and z[p] their
 #                       zero count: a / x if x != 0 and z = 0; a if x = 0 and z = 1; else 0
-#                       (never a division by zero)
+#                       (never a division by zero). Where a lost digits to underflow or
+#                       overflow (not a normal number), a / x is not the product of the
+#                       others: that product is recomputed over p's edges.
 #   logsumexp: exp(x - o) (0 when o = -inf)     max/min: 1 on the arg edge only (ties: the
-#                       first child in CSR order takes the whole gradient)
+#                       first child in CSR order takes the whole gradient); NaN when o is NaN
 #   lukasiewicz_and: 1 if aux[p] = sum - (n - 1) >= 0     lukasiewicz_or: 1 if aux[p] = sum <= 1
 #   prob_sum: the product of the others' (1 - x): the prod rule on 1 - x
 @triton.jit
-def _edge_grad(g, out_ptr, aux_ptr, arg_ptr, at, mask, edge, x, REDUCE: tl.constexpr):
+def _others_product(
+    values_ptr, child_ptr, offsets_ptr, p_state, edge, cols, mask, batch, REDUCE: tl.constexpr
+):
+    """The product of node ``p``'s factors (``x``, or ``1 - x`` for prob_sum) other than edge
+    ``edge``'s, by walking its edges: for the rows of ``mask`` only (where ``a / x`` failed)."""
+    any_row = tl.max(mask.to(tl.int32), axis=1) > 0
+    start = tl.load(offsets_ptr + p_state, mask=any_row, other=0)
+    length = tl.load(offsets_ptr + p_state + 1, mask=any_row, other=0) - start
+    product = tl.full(mask.shape, 1.0, values_ptr.dtype.element_ty)
+    for j in range(0, tl.max(length, axis=0)):
+        e = start + j
+        e_mask = any_row & (j < length)
+        c = tl.load(child_ptr + e, mask=e_mask, other=0).to(tl.int64)
+        m = e_mask[:, None] & mask & (e[:, None] != edge)
+        factor = tl.load(values_ptr + c[:, None] * batch + cols[None, :], mask=m, other=1.0)
+        if REDUCE == 7:
+            factor = tl.where(m, 1.0 - factor, 1.0)
+        product *= factor
+    return product
+
+
+@triton.jit
+def _edge_grad(
+    g,
+    out_ptr,
+    aux_ptr,
+    arg_ptr,
+    values_ptr,
+    child_ptr,
+    offsets_ptr,
+    at_out,
+    at_state,
+    p_state,
+    cols,
+    mask,
+    edge,
+    x,
+    batch,
+    REDUCE: tl.constexpr,
+    TINY: tl.constexpr,
+):
     """``g * d out[p] / d x`` for a tile of edges ``p -> c``: ``g`` the parents' gradient,
-    ``at`` their rows' offsets, ``edge`` the edge ids, ``x`` the children's values (``1 - x``
-    for prob_sum); 0 where ``mask`` is off."""
+    ``at_out`` / ``at_state`` their offsets in the value buffer and in aux/arg (``p_state`` the
+    parents' aux/arg rows), ``edge`` the edge ids, ``x`` the children's values (``1 - x`` for
+    prob_sum); 0 where ``mask`` is off."""
     if REDUCE == 0:
         d = g
     elif REDUCE == 1 or REDUCE == 7:
-        a = tl.load(aux_ptr + at, mask=mask, other=0.0)
-        z = tl.load(arg_ptr + at, mask=mask, other=2)
+        a = tl.load(aux_ptr + at_state, mask=mask, other=0.0)
+        z = tl.load(arg_ptr + at_state, mask=mask, other=2)
         nonzero_x = x != 0.0
         others = tl.where(nonzero_x, a / tl.where(nonzero_x, x, 1.0), a)
+        lost = mask & nonzero_x & (z == 0) & ~(tl.abs(a) >= TINY) & (a == a)
+        lost = lost | (mask & nonzero_x & (z == 0) & (tl.abs(a) == float("inf")))
+        if tl.max(tl.max(lost.to(tl.int32), axis=1), axis=0) > 0:
+            exact = _others_product(
+                values_ptr, child_ptr, offsets_ptr, p_state, edge, cols, lost, batch, REDUCE
+            )
+            others = tl.where(lost, exact, others)
         d = tl.where(z == (1 - nonzero_x.to(tl.int32)), g * others, 0.0)
     elif REDUCE == 2:
-        o = tl.load(out_ptr + at, mask=mask, other=float("-inf"))
+        o = tl.load(out_ptr + at_out, mask=mask, other=float("-inf"))
         d = tl.where(o == float("-inf"), 0.0, g * tl.exp(x - o))
     elif REDUCE == 3 or REDUCE == 4:
-        a = tl.load(arg_ptr + at, mask=mask, other=-2)
+        a = tl.load(arg_ptr + at_state, mask=mask, other=-2)
+        o = tl.load(out_ptr + at_out, mask=mask, other=0.0)
         d = tl.where(a == edge, g, 0.0)
+        d = tl.where(o != o, o, d)
     elif REDUCE == 5:
-        a = tl.load(aux_ptr + at, mask=mask, other=-1.0)
+        a = tl.load(aux_ptr + at_state, mask=mask, other=-1.0)
         d = tl.where(a >= 0.0, g, 0.0)
     else:
-        a = tl.load(aux_ptr + at, mask=mask, other=2.0)
+        a = tl.load(aux_ptr + at_state, mask=mask, other=2.0)
         d = tl.where(a <= 1.0, g, 0.0)
     return tl.where(mask, d, 0.0)
 
 
 @triton.jit
-def _arg_edge(parent_edge_ptr, idx, mask, REDUCE: tl.constexpr):
-    """The edge ids at transposed-CSR positions ``idx``; only max/min read them."""
-    edge = idx
-    if REDUCE == 3 or REDUCE == 4:
-        edge = tl.load(parent_edge_ptr + idx, mask=mask, other=-1)
-    return edge
-
-
-@triton.jit
-def _parents_grad(
-    grad_out_ptr,
+def _part_grad(
+    grad_ptr,
     out_ptr,
     aux_ptr,
     arg_ptr,
-    parent_edge_ptr,
+    values_ptr,
+    child_ptr,
+    offsets_ptr,
     parent_ptr,
+    parent_edge_ptr,
     start,
-    count,
+    end,
     row_mask,
     x,
     cols,
     col_mask,
     batch,
+    state_first,
     REDUCE: tl.constexpr,
+    TINY: tl.constexpr,
 ):
-    """``sum over the parent edges p -> c of grad_out[p] * d out[p] / d x`` for each row's
-    transposed-CSR range ``[start, start + count)`` (``x``: the rows' values, ``1 - x`` for
-    prob_sum; ``count`` 0 on masked-off rows)."""
+    """``sum over the parent edges p -> c of grad[p] * d out[p] / d x`` over each row's
+    transposed-CSR range ``[start, end)`` (one part: all its parents share ``REDUCE``);
+    ``x`` the rows' values (``1`` where masked)."""
+    if REDUCE == 7:
+        x = 1.0 - x
     acc = tl.zeros(x.shape, x.dtype)
+    count = tl.where(row_mask, end - start, 0)
     for j in range(0, tl.max(count, axis=0)):
         edge_mask = row_mask & (j < count)
         mask = edge_mask[:, None] & col_mask[None, :]
         idx = start + j
         parent = tl.load(parent_ptr + idx, mask=edge_mask, other=0).to(tl.int64)
-        edge = _arg_edge(parent_edge_ptr, idx, edge_mask, REDUCE)
-        at = parent[:, None] * batch + cols[None, :]
-        g = tl.load(grad_out_ptr + at, mask=mask, other=0.0)
-        acc += _edge_grad(g, out_ptr, aux_ptr, arg_ptr, at, mask, edge[:, None], x, REDUCE)
+        edge = tl.load(parent_edge_ptr + idx, mask=edge_mask, other=-1)
+        at_out = parent[:, None] * batch + cols[None, :]
+        p_state = parent - state_first
+        at_state = p_state[:, None] * batch + cols[None, :]
+        g = tl.load(grad_ptr + at_out, mask=mask, other=0.0)
+        acc += _edge_grad(
+            g,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            at_out,
+            at_state,
+            p_state,
+            cols,
+            mask,
+            edge[:, None],
+            x,
+            batch,
+            REDUCE,
+            TINY,
+        )
     return acc
 
 
-# grad_in[c] = sum over the parent edges p -> c of grad_out[p] * d out[p] / d x[c].
 @triton.jit
-def _layer_bwd_kernel(
-    grad_out_ptr,  # [n, batch]
-    out_ptr,  # [n, batch] forward output
-    aux_ptr,  # [n, batch] forward aux
-    arg_ptr,  # [n, batch] int32 forward arg edge / zero count
-    values_ptr,  # [n_below, batch] forward input
-    parent_edge_ptr,  # [E] int32 edge ids in child order
-    parent_ptr,  # [E] int32 parent node of each, same order
-    parent_offsets_ptr,  # [rows + 1] int32 (per child, or per hub chunk)
-    row_child_ptr,  # [rows] int32 child of each row when VIRTUAL_ROWS (hub chunks)
-    grad_in_ptr,  # [rows, batch]
-    n_rows,
-    batch,
-    REDUCE: tl.constexpr,
-    VIRTUAL_ROWS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_B: tl.constexpr,
+def _seeds(
+    seeds_ptr, root_of_row_ptr, rows, row_mask, cols, col_mask, batch, like, SEEDED: tl.constexpr
 ):
-    cols, row_mask, col_mask, start, count, where = _tile(
-        parent_offsets_ptr, n_rows, batch, BLOCK_N, BLOCK_B
-    )
-    tile_mask = row_mask[:, None] & col_mask[None, :]
-    if VIRTUAL_ROWS:
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        child = tl.load(row_child_ptr + rows, mask=row_mask, other=0).to(tl.int64)
-        x = tl.load(values_ptr + child[:, None] * batch + cols[None, :], mask=tile_mask, other=1.0)
-    else:
-        x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
-    if REDUCE == 7:
-        x = 1.0 - x
-    acc = _parents_grad(
-        grad_out_ptr,
+    """What the roots pass down to ``rows``: ``seeds[root_of_row[row]]`` for a root row (its
+    output's gradient, a repeated root's summed), 0 for the others (``root_of_row`` -1) and
+    without ``SEEDED``."""
+    acc = tl.zeros(like.shape, like.dtype)
+    if SEEDED:
+        root = tl.load(root_of_row_ptr + rows, mask=row_mask, other=-1)
+        is_root = row_mask & (root >= 0)
+        at = root[:, None].to(tl.int64) * batch + cols[None, :]
+        acc = tl.load(seeds_ptr + at, mask=is_root[:, None] & col_mask[None, :], other=0.0)
+    return acc
+
+
+@triton.jit
+def _rows_grad(
+    grad_ptr,
+    seeds_ptr,
+    root_of_row_ptr,
+    out_ptr,
+    aux_ptr,
+    arg_ptr,
+    values_ptr,
+    child_ptr,
+    offsets_ptr,
+    parent_offsets_ptr,
+    parent_split_ptr,
+    parent_ptr,
+    parent_edge_ptr,
+    rows,
+    row_mask,
+    cols,
+    col_mask,
+    batch,
+    state_first,
+    AND_REDUCE: tl.constexpr,
+    OR_REDUCE: tl.constexpr,
+    SEEDED: tl.constexpr,
+    TINY: tl.constexpr,
+):
+    """The gradient of rows ``rows``: their seed plus their AND parents' and their OR
+    parents' shares (the parents' gradients at ``grad_ptr``, final)."""
+    where = rows[:, None].to(tl.int64) * batch + cols[None, :]
+    mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(values_ptr + where, mask=mask, other=1.0)
+    start = tl.load(parent_offsets_ptr + rows, mask=row_mask, other=0)
+    split = tl.load(parent_split_ptr + rows, mask=row_mask, other=0)
+    end = tl.load(parent_offsets_ptr + rows + 1, mask=row_mask, other=0)
+    acc = _seeds(seeds_ptr, root_of_row_ptr, rows, row_mask, cols, col_mask, batch, x, SEEDED)
+    acc += _part_grad(
+        grad_ptr,
         out_ptr,
         aux_ptr,
         arg_ptr,
-        parent_edge_ptr,
+        values_ptr,
+        child_ptr,
+        offsets_ptr,
         parent_ptr,
+        parent_edge_ptr,
         start,
-        count,
+        split,
         row_mask,
         x,
         cols,
         col_mask,
         batch,
-        REDUCE,
+        state_first,
+        AND_REDUCE,
+        TINY,
     )
-    tl.store(grad_in_ptr + where, acc, mask=tile_mask)
+    acc += _part_grad(
+        grad_ptr,
+        out_ptr,
+        aux_ptr,
+        arg_ptr,
+        values_ptr,
+        child_ptr,
+        offsets_ptr,
+        parent_ptr,
+        parent_edge_ptr,
+        split,
+        end,
+        row_mask,
+        x,
+        cols,
+        col_mask,
+        batch,
+        state_first,
+        OR_REDUCE,
+        TINY,
+    )
+    return acc
 
 
-# Two layers' backward in one launch, for a fused pair (lower layer q over the rows below,
-# upper layer p over q): grad_in[c] = sum over edges q -> c of grad_q[q] * d q / d x[c], with
-# grad_q[q] = sum over edges p -> q of grad_out[p] * d p / d q recomputed for each edge q -> c
-# instead of being stored (the fusion plan bounds the recomputation).
+# grad[c] = seed[c] + sum over the parent edges p -> c of grad[p] * d out[p] / d x[c].
 @triton.jit
-def _pair_bwd_kernel(
-    grad_out_ptr,  # [n, batch] gradient of the upper layer
-    out_ptr,  # [n, batch] upper layer's forward state
-    aux_ptr,
-    arg_ptr,
-    low_out_ptr,  # [n_low, batch] lower layer's forward state
-    low_aux_ptr,
-    low_arg_ptr,
-    values_ptr,  # [n_below, batch] the lower layer's input
-    parent_edge_ptr,  # [E] int32 the upper layer's transposed CSR
-    parent_ptr,
-    parent_offsets_ptr,  # [n_low + 1]
-    low_parent_edge_ptr,  # [E_low] int32 the lower layer's transposed CSR
-    low_parent_ptr,
-    low_parent_offsets_ptr,  # [n_below + 1]
-    grad_in_ptr,  # [n_below, batch]
-    n_rows,
+def _layer_bwd_kernel(
+    grad_ptr,  # [rows, batch] the parents' gradients (final)
+    out_ptr,  # [rows, batch] the parents' forward values
+    aux_ptr,  # [rows - state_first, batch] the parents' forward aux
+    arg_ptr,  # [rows - state_first, batch] int32 forward arg edge / zero count
+    values_ptr,  # [rows, batch] the children's values (the value buffer)
+    child_ptr,  # [E] int32, and
+    offsets_ptr,  # [rows - state_first + 1] int32: the forward CSR (to recompute a product)
+    parent_offsets_ptr,  # [rows + 1] int32 transposed CSR
+    parent_split_ptr,  # [rows] int32 first OR parent edge of each row
+    parent_ptr,  # [E] int32 parent row of each, in child order
+    parent_edge_ptr,  # [E] int32 edge id of each, same order
+    seeds_ptr,  # [roots, batch] what the roots pass down (SEEDED)
+    root_of_row_ptr,  # [rows] int32 each row's index into seeds, -1 for a row no root is
+    grad_out_ptr,  # where the rows' gradients go (VIRTUAL_ROWS: one row per chunk); in a
+    # circuit the rows' own rows of grad_ptr, which no program of this launch reads
+    chunk_offsets_ptr,  # VIRTUAL_ROWS: [T + 1] int32 chunks of the transposed CSR
+    chunk_row_ptr,  # VIRTUAL_ROWS: [T] int32 the row of each chunk
+    chunk_of_row_ptr,  # VIRTUAL_ROWS: [n + 1] int32 each row's first chunk (takes the seed)
+    first_row,
+    n_rows,  # rows first_row..first_row + n_rows - 1 (or chunks)
     batch,
-    LOW_REDUCE: tl.constexpr,
-    REDUCE: tl.constexpr,
+    state_first,  # the first row aux/arg hold
+    AND_REDUCE: tl.constexpr,
+    OR_REDUCE: tl.constexpr,
+    SEEDED: tl.constexpr,
+    VIRTUAL_ROWS: tl.constexpr,  # rows are hub chunks: partial sums, to be summed per row
+    TINY: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    cols, row_mask, col_mask, start, count, where = _tile(
-        low_parent_offsets_ptr, n_rows, batch, BLOCK_N, BLOCK_B
-    )
-    tile_mask = row_mask[:, None] & col_mask[None, :]
-    x = tl.load(values_ptr + where, mask=tile_mask, other=1.0)
-    if LOW_REDUCE == 7:
-        x = 1.0 - x
-    acc = tl.zeros((BLOCK_N, BLOCK_B), values_ptr.dtype.element_ty)
+    local = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = local < n_rows
+    col_mask = cols < batch
+    mask = row_mask[:, None] & col_mask[None, :]
+    if VIRTUAL_ROWS:
+        rows = tl.load(chunk_row_ptr + local, mask=row_mask, other=0)
+        where = rows[:, None].to(tl.int64) * batch + cols[None, :]
+        x = tl.load(values_ptr + where, mask=mask, other=1.0)
+        start = tl.load(chunk_offsets_ptr + local, mask=row_mask, other=0)
+        end = tl.load(chunk_offsets_ptr + local + 1, mask=row_mask, other=0)
+        split = tl.load(parent_split_ptr + rows, mask=row_mask, other=0)
+        split = tl.minimum(tl.maximum(split, start), end)
+        seeded_rows = row_mask
+        if SEEDED:  # a row's first chunk takes its seed
+            first = tl.load(chunk_of_row_ptr + rows - first_row, mask=row_mask, other=-1)
+            seeded_rows = row_mask & (first == local)
+        acc = _seeds(
+            seeds_ptr, root_of_row_ptr, rows, seeded_rows, cols, col_mask, batch, x, SEEDED
+        )
+        acc += _part_grad(
+            grad_ptr,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            parent_ptr,
+            parent_edge_ptr,
+            start,
+            split,
+            row_mask,
+            x,
+            cols,
+            col_mask,
+            batch,
+            state_first,
+            AND_REDUCE,
+            TINY,
+        )
+        acc += _part_grad(
+            grad_ptr,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            parent_ptr,
+            parent_edge_ptr,
+            split,
+            end,
+            row_mask,
+            x,
+            cols,
+            col_mask,
+            batch,
+            state_first,
+            OR_REDUCE,
+            TINY,
+        )
+        tl.store(grad_out_ptr + local[:, None].to(tl.int64) * batch + cols[None, :], acc, mask=mask)
+    else:
+        rows = first_row + local
+        acc = _rows_grad(
+            grad_ptr,
+            seeds_ptr,
+            root_of_row_ptr,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            parent_offsets_ptr,
+            parent_split_ptr,
+            parent_ptr,
+            parent_edge_ptr,
+            rows,
+            row_mask,
+            cols,
+            col_mask,
+            batch,
+            state_first,
+            AND_REDUCE,
+            OR_REDUCE,
+            SEEDED,
+            TINY,
+        )
+        tl.store(grad_out_ptr + rows[:, None].to(tl.int64) * batch + cols[None, :], acc, mask=mask)
 
+
+@triton.jit
+def _pair_part_grad(
+    grad_ptr,
+    seeds_ptr,
+    root_of_row_ptr,
+    out_ptr,
+    aux_ptr,
+    arg_ptr,
+    values_ptr,
+    child_ptr,
+    offsets_ptr,
+    parent_offsets_ptr,
+    parent_split_ptr,
+    parent_ptr,
+    parent_edge_ptr,
+    start,
+    end,
+    row_mask,
+    x,
+    cols,
+    col_mask,
+    batch,
+    state_first,
+    up_first,
+    n_up,
+    REDUCE: tl.constexpr,
+    AND_REDUCE: tl.constexpr,
+    OR_REDUCE: tl.constexpr,
+    TINY: tl.constexpr,
+):
+    """:func:`_part_grad` for rows whose parents may sit in the upper row block of a fused
+    backward pair: such a parent's gradient is recomputed (:func:`_rows_grad`), not loaded."""
+    if REDUCE == 7:
+        x = 1.0 - x
+    acc = tl.zeros(x.shape, x.dtype)
+    count = tl.where(row_mask, end - start, 0)
     for j in range(0, tl.max(count, axis=0)):
         edge_mask = row_mask & (j < count)
         mask = edge_mask[:, None] & col_mask[None, :]
         idx = start + j
-        low = tl.load(low_parent_ptr + idx, mask=edge_mask, other=0)
-        low_edge = _arg_edge(low_parent_edge_ptr, idx, edge_mask, LOW_REDUCE)
-        low_at = low[:, None].to(tl.int64) * batch + cols[None, :]
-        low_x = tl.load(low_out_ptr + low_at, mask=mask, other=1.0)
-        if REDUCE == 7:
-            low_x = 1.0 - low_x
-
-        up_start = tl.load(parent_offsets_ptr + low, mask=edge_mask, other=0)
-        up_count = tl.load(parent_offsets_ptr + low + 1, mask=edge_mask, other=0) - up_start
-        grad_low = _parents_grad(
-            grad_out_ptr,
+        parent = tl.load(parent_ptr + idx, mask=edge_mask, other=0)
+        edge = tl.load(parent_edge_ptr + idx, mask=edge_mask, other=-1)
+        in_up = edge_mask & (parent >= up_first) & (parent < up_first + n_up)
+        recomputed = _rows_grad(
+            grad_ptr,
+            seeds_ptr,
+            root_of_row_ptr,
             out_ptr,
             aux_ptr,
             arg_ptr,
-            parent_edge_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            parent_offsets_ptr,
+            parent_split_ptr,
             parent_ptr,
-            up_start,
-            up_count,
-            edge_mask,
-            low_x,
+            parent_edge_ptr,
+            parent,
+            in_up,
             cols,
             col_mask,
             batch,
-            REDUCE,
+            state_first,
+            AND_REDUCE,
+            OR_REDUCE,
+            True,
+            TINY,
         )
+        parent = parent.to(tl.int64)
+        at_out = parent[:, None] * batch + cols[None, :]
+        p_state = parent - state_first
+        at_state = p_state[:, None] * batch + cols[None, :]
+        up_mask = in_up[:, None] & col_mask[None, :]
+        g = tl.load(grad_ptr + at_out, mask=mask & ~up_mask, other=0.0)
+        g = tl.where(up_mask, recomputed, g)
         acc += _edge_grad(
-            grad_low,
-            low_out_ptr,
-            low_aux_ptr,
-            low_arg_ptr,
-            low_at,
+            g,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            at_out,
+            at_state,
+            p_state,
+            cols,
             mask,
-            low_edge[:, None],
+            edge[:, None],
             x,
-            LOW_REDUCE,
+            batch,
+            REDUCE,
+            TINY,
         )
+    return acc
 
-    tl.store(grad_in_ptr + where, acc, mask=tile_mask)
+
+# Two row blocks' backward in one launch, for a fused pair (the lower block's rows first_row..,
+# the upper block's up_first..): the first programs compute the upper rows' gradients as
+# _layer_bwd_kernel does; the others the lower rows', recomputing the gradient of each parent
+# in the upper block (its own parents are all higher, so final) instead of reading it.
+@triton.jit
+def _pair_bwd_kernel(
+    grad_ptr,
+    out_ptr,
+    aux_ptr,
+    arg_ptr,
+    values_ptr,
+    child_ptr,
+    offsets_ptr,
+    parent_offsets_ptr,
+    parent_split_ptr,
+    parent_ptr,
+    parent_edge_ptr,
+    seeds_ptr,
+    root_of_row_ptr,
+    first_row,
+    n_rows,
+    up_first,
+    n_up,
+    batch,
+    state_first,
+    AND_REDUCE: tl.constexpr,
+    OR_REDUCE: tl.constexpr,
+    TINY: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    upper_tiles = tl.cdiv(n_up, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    col_mask = cols < batch
+    if tl.program_id(0) < upper_tiles:
+        local = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = local < n_up
+        rows = up_first + local
+        acc = _rows_grad(
+            grad_ptr,
+            seeds_ptr,
+            root_of_row_ptr,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            parent_offsets_ptr,
+            parent_split_ptr,
+            parent_ptr,
+            parent_edge_ptr,
+            rows,
+            row_mask,
+            cols,
+            col_mask,
+            batch,
+            state_first,
+            AND_REDUCE,
+            OR_REDUCE,
+            True,
+            TINY,
+        )
+    else:
+        local = (tl.program_id(0) - upper_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = local < n_rows
+        rows = first_row + local
+        where = rows[:, None].to(tl.int64) * batch + cols[None, :]
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(values_ptr + where, mask=mask, other=1.0)
+        start = tl.load(parent_offsets_ptr + rows, mask=row_mask, other=0)
+        split = tl.load(parent_split_ptr + rows, mask=row_mask, other=0)
+        end = tl.load(parent_offsets_ptr + rows + 1, mask=row_mask, other=0)
+        acc = _seeds(seeds_ptr, root_of_row_ptr, rows, row_mask, cols, col_mask, batch, x, True)
+        acc += _pair_part_grad(
+            grad_ptr,
+            seeds_ptr,
+            root_of_row_ptr,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            parent_offsets_ptr,
+            parent_split_ptr,
+            parent_ptr,
+            parent_edge_ptr,
+            start,
+            split,
+            row_mask,
+            x,
+            cols,
+            col_mask,
+            batch,
+            state_first,
+            up_first,
+            n_up,
+            AND_REDUCE,
+            AND_REDUCE,
+            OR_REDUCE,
+            TINY,
+        )
+        acc += _pair_part_grad(
+            grad_ptr,
+            seeds_ptr,
+            root_of_row_ptr,
+            out_ptr,
+            aux_ptr,
+            arg_ptr,
+            values_ptr,
+            child_ptr,
+            offsets_ptr,
+            parent_offsets_ptr,
+            parent_split_ptr,
+            parent_ptr,
+            parent_edge_ptr,
+            split,
+            end,
+            row_mask,
+            x,
+            cols,
+            col_mask,
+            batch,
+            state_first,
+            up_first,
+            n_up,
+            OR_REDUCE,
+            AND_REDUCE,
+            OR_REDUCE,
+            TINY,
+        )
+    mask = row_mask[:, None] & col_mask[None, :]
+    tl.store(grad_ptr + rows[:, None].to(tl.int64) * batch + cols[None, :], acc, mask=mask)
 
 
+# ---------------------------------------------------------------------------- launchers
 #: Tests set this to allocate outputs filled with NaN, so an output a kernel leaves unwritten
 #: fails loudly.
 DEBUG_FILL_NAN = False
@@ -604,12 +1050,18 @@ def _or(tensor: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
     return placeholder if tensor is None else tensor
 
 
-def _launch(kernel, n: int, batch: int, args: tuple, **constexprs) -> None:
-    """Launch ``kernel`` over tiles of ``n`` rows x ``batch`` columns (nothing when empty)."""
-    if n and batch:
-        block_n, block_b = _tiles(batch)
-        grid = (triton.cdiv(n, block_n), triton.cdiv(batch, block_b))
-        kernel[grid](*args, n, batch, BLOCK_N=block_n, BLOCK_B=block_b, **constexprs)
+def _launch(kernel, tiles_n: int, batch: int, args: tuple, **constexprs) -> None:
+    """Launch ``kernel`` over ``tiles_n`` row tiles x the batch's column tiles (nothing when
+    either is empty); ``tiles_n`` is a function of ``BLOCK_N``."""
+    block_n, block_b = _tiles(batch)
+    rows = tiles_n(block_n)
+    if rows and batch:
+        grid = (rows, triton.cdiv(batch, block_b))
+        kernel[grid](*args, BLOCK_N=block_n, BLOCK_B=block_b, **constexprs)
+
+
+def _row_tiles(n: int):
+    return lambda block_n: triton.cdiv(n, block_n)
 
 
 def _check_device(t: torch.Tensor) -> None:
@@ -621,8 +1073,6 @@ def _check_device(t: torch.Tensor) -> None:
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -635,6 +1085,10 @@ def _code(reduce: str) -> int:
         ) from None
 
 
+def _tiny(dtype: torch.dtype) -> float:
+    return _TINY[dtype]
+
+
 def layer_fwd(
     values: torch.Tensor,
     child: torch.Tensor,
@@ -642,52 +1096,61 @@ def layer_fwd(
     reduce: str,
     partial: bool = False,
     state: bool = True,
+    out: tuple | None = None,
 ):
-    """Launch the forward kernel: ``(out, aux, arg)``, ``out: [n, B]``; ``aux``/``arg`` are what
-    the backward needs (``None`` where the reduction needs none, or without ``state``: for
-    inference, only ``out`` is written).
+    """Launch the forward kernel: ``(out, aux, arg)``, ``out: [n, B]`` the reduction of each
+    node's rows ``values[child[offsets[i]:offsets[i+1]]]``; ``aux``/``arg`` are what the
+    backward needs (``None`` where the reduction needs none, or without ``state``: for
+    inference, only ``out`` is written). ``out``: the three tensors to write (views of the
+    circuit's buffers) instead of new ones.
 
     ``partial``: ``offsets`` cuts hub nodes into chunks; every chunk's raw state is returned
     (all three tensors) for :func:`layer_combine`.
     """
     code = _code(reduce)
     _check_device(values)
-    values = values.contiguous()
     n = offsets.numel() - 1
-    out, aux, arg = _outputs(
-        n,
-        values,
-        partial or (state and code in _NEEDS_AUX),
-        partial or (state and code in _NEEDS_ARG),
-    )
+    if out is None:
+        out = _outputs(
+            n,
+            values,
+            partial or (state and code in _NEEDS_AUX),
+            partial or (state and code in _NEEDS_ARG),
+        )
+    result, aux, arg = out
     _launch(
         _layer_fwd_kernel,
-        n,
+        _row_tiles(n),
         values.shape[1],
-        (values, child, offsets, out, _or(aux, out), _or(arg, child)),
+        (values, child, offsets, result, _or(aux, result), _or(arg, child), n, values.shape[1]),
         REDUCE=code,
         NEUTRAL=_NEUTRAL[code],
         PARTIAL=partial,
         STATE=state,
     )
-    return out, aux, arg
+    return result, aux, arg
 
 
 def layer_combine(
-    part, chunk_of_node: torch.Tensor, offsets: torch.Tensor, reduce: str, state: bool = True
+    part,
+    chunk_of_node: torch.Tensor,
+    offsets: torch.Tensor,
+    reduce: str,
+    state: bool = True,
+    out: tuple | None = None,
 ):
     """Combine hub chunks' raw states (``part``, from ``layer_fwd(..., partial=True)``) into
     each node's ``(out, aux, arg)``, exactly as the unsplit kernel computes them (``aux`` and
-    ``arg`` only with ``state``)."""
+    ``arg`` only with ``state``); ``out`` as in :func:`layer_fwd`."""
     code = _code(reduce)
     part_out, part_aux, part_arg = part
     n = offsets.numel() - 1
-    out, aux, arg = _outputs(
-        n, part_out, state and code in _NEEDS_AUX, state and code in _NEEDS_ARG
-    )
+    if out is None:
+        out = _outputs(n, part_out, state and code in _NEEDS_AUX, state and code in _NEEDS_ARG)
+    result, aux, arg = out
     _launch(
         _layer_combine_kernel,
-        n,
+        _row_tiles(n),
         part_out.shape[1],
         (
             part_out,
@@ -695,15 +1158,17 @@ def layer_combine(
             part_arg,
             chunk_of_node,
             offsets,
-            out,
-            _or(aux, out),
+            result,
+            _or(aux, result),
             _or(arg, part_arg),
+            n,
+            part_out.shape[1],
         ),
         REDUCE=code,
         NEUTRAL=_NEUTRAL[code],
         STATE=state,
     )
-    return out, aux, arg
+    return result, aux, arg
 
 
 def layer_bwd(
@@ -712,125 +1177,154 @@ def layer_bwd(
     aux: torch.Tensor | None,
     arg: torch.Tensor | None,
     values: torch.Tensor,
+    child: torch.Tensor,
+    offsets: torch.Tensor,
     parent_edge: torch.Tensor,
     parent: torch.Tensor,
     parent_offsets: torch.Tensor,
     reduce: str,
-    row_child: torch.Tensor | None = None,
+    chunks=None,
 ) -> torch.Tensor:
-    """Launch the backward kernel: ``d loss / d values``, ``[n_below, B]``.
+    """Launch the backward kernel of one layer that reads ``values`` (``[n_below, B]``) and
+    wrote ``out`` (``[n, B]``, with its ``aux``/``arg``): ``d loss / d values``,
+    ``[n_below, B]``, from ``grad_out = d loss / d out`` over the transposed CSR. ``child`` /
+    ``offsets`` are the layer's CSR (a product whose digits underflowed is recomputed there).
 
-    With ``row_child``, ``parent_offsets`` is a hub plan's chunk CSR and the result is one
-    partial gradient row per chunk (``[num_chunks, B]``), ``row_child`` naming each chunk's
-    child.
+    With ``chunks = (chunk_offsets, segment_of_chunk)`` (a hub plan of the transposed CSR) the
+    result is one partial gradient row per chunk (``[num_chunks, B]``).
     """
     code = _code(reduce)
     grad_out = grad_out.contiguous()
-    n_rows = parent_offsets.numel() - 1
-    grad_in, _, _ = _outputs(n_rows, values, False, False)
-    args = (grad_out, out, _or(aux, out), _or(arg, parent_edge), values, parent_edge, parent)
-    args += (parent_offsets, _or(row_child, parent_edge), grad_in)
+    n_below, batch = values.shape
+    # The parents (rows of out / grad_out / aux / arg) and the children (rows of values /
+    # grad_in) live in separate tensors here, unlike in the circuit's one buffer.
+    split = parent_offsets[1:]  # one part: every parent shares the layer's reduction
+    if chunks is None:
+        n_rows, chunk_offsets, chunk_row = n_below, parent_offsets, parent_offsets
+    else:
+        chunk_offsets, chunk_row = chunks
+        n_rows = chunk_row.numel()
+    grad_in = _empty(n_rows, batch, dtype=values.dtype, device=values.device)
+    args = (grad_out, out, _or(aux, out), _or(arg, parent_edge), values, child, offsets)
+    args += (parent_offsets, split, parent, parent_edge, grad_out, parent_edge, grad_in)
+    args += (chunk_offsets, chunk_row, chunk_offsets, 0, n_rows, batch, 0)
     _launch(
         _layer_bwd_kernel,
-        n_rows,
-        values.shape[1],
+        _row_tiles(n_rows),
+        batch,
         args,
-        REDUCE=code,
-        VIRTUAL_ROWS=row_child is not None,
+        AND_REDUCE=code,
+        OR_REDUCE=code,
+        SEEDED=False,
+        VIRTUAL_ROWS=chunks is not None,
+        TINY=_tiny(values.dtype),
     )
     return grad_in
 
 
+# ---------------------------------------------------------------------------- the circuit
 class TritonLayer(NamedTuple):
-    """One layer for :func:`circuit_forward_triton`: the int32 index tensors of
-    :class:`trilay.engine.Layer` (hub plans may be empty), the layer's reduction, and whether
-    it runs fused with the next layer (see :func:`plan_fusion`)."""
+    """One layer of a :class:`TritonCircuit`: its rows and edges (``(first, end)``), its
+    reduction, and its hub plans as ``(chunk_offsets, chunk_of_segment, segment_of_chunk)``
+    (``None`` where it has no hub): ``node_hub`` over its edge CSR, ``parent_hub`` over the
+    transposed CSR of its rows (``segment_of_chunk`` naming rows)."""
 
+    rows: tuple[int, int]
+    edges: tuple[int, int]
+    reduce: str
+    node_hub: tuple | None = None
+    parent_hub: tuple | None = None
+
+
+class TritonCircuit(NamedTuple):
+    """What :func:`circuit_forward_triton` needs, as views of a module's buffers (see
+    :class:`trilay.engine.CompiledCircuit` for the index tensors) plus Python metadata.
+
+    ``forward_pairs[k]``: layer ``k`` (0-based in ``layers``) runs fused with layer ``k + 1``,
+    the tensor listing (as local rows, int32) its nodes layer ``k + 1`` does not read.
+    ``backward_pairs``: the row blocks ``j`` (0: the leaves, ``k + 1``: ``layers[k]``) whose
+    backward runs fused with block ``j + 1``. ``root_groups``: ``None`` when no root repeats,
+    else ``(rows, positions, offsets)``: each distinct root row and the CSR of its positions
+    among the roots (their gradients are summed without atomics)."""
+
+    num_leaves: int
+    leaf_hub: tuple | None
+    layers: tuple[TritonLayer, ...]
+    and_reduce: str
+    or_reduce: str
     child: torch.Tensor
     offsets: torch.Tensor
-    parent_edge: torch.Tensor
-    parent: torch.Tensor
     parent_offsets: torch.Tensor
-    chunk_offsets: torch.Tensor
-    chunk_of_node: torch.Tensor
-    parent_chunk_offsets: torch.Tensor
-    parent_chunk_of_child: torch.Tensor
-    parent_chunk_child: torch.Tensor
-    reduce: str
-    fused_with_next: bool = False
+    parent_split: torch.Tensor
+    parent: torch.Tensor
+    parent_edge: torch.Tensor
+    roots: torch.Tensor
+    root_of_row: torch.Tensor
+    root_groups: tuple | None = None
+    forward_pairs: dict | None = None
+    backward_pairs: frozenset = frozenset()
 
     @property
-    def has_hubs(self) -> bool:
-        return bool(self.chunk_offsets.numel() or self.parent_chunk_offsets.numel())
+    def num_nodes(self) -> int:
+        return self.layers[-1].rows[1] if self.layers else self.num_leaves
+
+    def needs_state(self) -> tuple[bool, bool]:
+        """Whether some layer's reduction needs an aux tensor, an arg tensor."""
+        codes = [_code(layer.reduce) for layer in self.layers]
+        return any(c in _NEEDS_AUX for c in codes), any(c in _NEEDS_ARG for c in codes)
 
 
-def _arange(n: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(n, dtype=torch.int32, device=device)
-
-
-def layer_forward(values: torch.Tensor, layer: TritonLayer, state: bool = True):
-    """One layer's forward, split at hubs when the layer has a hub plan: each chunk of at
-    most ``HUB_CHUNK`` edges is reduced by its own program, then each node's chunks are
-    combined. Returns ``(out, aux, arg)`` (see :func:`layer_fwd` for ``state``)."""
-    if layer.chunk_offsets.numel():
-        part = layer_fwd(values, layer.child, layer.chunk_offsets, layer.reduce, partial=True)
-        return layer_combine(part, layer.chunk_of_node, layer.offsets, layer.reduce, state)
-    return layer_fwd(values, layer.child, layer.offsets, layer.reduce, state=state)
-
-
-def layer_backward(grad_out, out, aux, arg, values, layer: TritonLayer) -> torch.Tensor:
-    """One layer's backward, split at hub children (fan-out above ``HUB_CHUNK``): partial
-    gradients per chunk of parent edges, then summed per child. No atomics either way."""
-    if layer.parent_chunk_offsets.numel():
-        partial = layer_bwd(
-            grad_out,
-            out,
-            aux,
-            arg,
-            values,
-            layer.parent_edge,
-            layer.parent,
-            layer.parent_chunk_offsets,
-            layer.reduce,
-            row_child=layer.parent_chunk_child,
-        )
-        chunks = _arange(partial.shape[0], values.device)
-        return layer_fwd(partial, chunks, layer.parent_chunk_of_child, "sum")[0]
-    return layer_bwd(
-        grad_out,
-        out,
-        aux,
-        arg,
-        values,
-        layer.parent_edge,
-        layer.parent,
-        layer.parent_offsets,
-        layer.reduce,
+def _layer_views(circuit: TritonCircuit, layer: TritonLayer, values, aux, arg):
+    """The layer's rows of the value buffer and of aux / arg (``None`` where absent), and
+    its CSR offsets."""
+    (lo, hi), n0 = layer.rows, circuit.num_leaves
+    return (
+        values[lo:hi],
+        None if aux is None else aux[lo - n0 : hi - n0],
+        None if arg is None else arg[lo - n0 : hi - n0],
+        circuit.offsets[lo - n0 : hi - n0 + 1],
     )
 
 
-def pair_forward(values: torch.Tensor, low: TritonLayer, up: TritonLayer, state: bool = True):
-    """Launch the fused forward of two consecutive layers (``low`` reads ``values``, ``up``
-    reads ``low``): ``(low_state, up_state)``, each ``(out, aux, arg)`` exactly as
-    :func:`layer_fwd` computes it for that layer. Without ``state`` (inference) the lower
-    layer is never written: ``(None, (out, None, None))``."""
+def layer_forward(circuit: TritonCircuit, layer: TritonLayer, values, aux, arg, state: bool):
+    """One layer's forward into its rows of ``values`` (and ``aux`` / ``arg`` with
+    ``state``), split at hubs when it has a hub plan: each chunk of at most ``HUB_CHUNK``
+    edges is reduced by its own program, then each node's chunks are combined."""
+    out, out_aux, out_arg, offsets = _layer_views(circuit, layer, values, aux, arg)
+    target = (out, out_aux, out_arg)
+    if layer.node_hub is not None:
+        chunk_offsets, chunk_of_node, _ = layer.node_hub
+        part = layer_fwd(values, circuit.child, chunk_offsets, layer.reduce, partial=True)
+        layer_combine(part, chunk_of_node, offsets, layer.reduce, state, out=target)
+    else:
+        layer_fwd(values, circuit.child, offsets, layer.reduce, state=state, out=target)
+
+
+def pair_forward(
+    circuit: TritonCircuit,
+    low: TritonLayer,
+    up: TritonLayer,
+    orphans,
+    values,
+    aux,
+    arg,
+    state: bool,
+):
+    """The fused forward of two consecutive layers (``up`` reads ``low`` and lower rows) in
+    one launch, writing both layers' rows exactly as :func:`layer_forward` would."""
     low_code, code = _code(low.reduce), _code(up.reduce)
-    _check_device(values)
-    values = values.contiguous()
-    n_low, n = low.offsets.numel() - 1, up.offsets.numel() - 1
-    out, aux, arg = _outputs(n, values, state and code in _NEEDS_AUX, state and code in _NEEDS_ARG)
-    low_out = low_aux = low_arg = None
-    if state:
-        low_out, low_aux, low_arg = _outputs(
-            n_low, values, low_code in _NEEDS_AUX, low_code in _NEEDS_ARG
-        )
-    args = (values, low.child, low.offsets, up.child, up.offsets)
-    args += (_or(low_out, out), _or(low_aux, out), _or(low_arg, low.child))
-    args += (out, _or(aux, out), _or(arg, up.child))
+    low_out, low_aux, low_arg, low_offsets = _layer_views(circuit, low, values, aux, arg)
+    out, up_aux, up_arg, offsets = _layer_views(circuit, up, values, aux, arg)
+    n, n_low, batch = up.rows[1] - up.rows[0], low.rows[1] - low.rows[0], values.shape[1]
+    n_orphans = orphans.numel()
+    args = (values, circuit.child, low_offsets, offsets)
+    args += (low_out, _or(low_aux, low_out), _or(low_arg, orphans))
+    args += (out, _or(up_aux, out), _or(up_arg, orphans), orphans)
+    args += (n, n_orphans, low.rows[0], n_low, batch)
     _launch(
         _pair_fwd_kernel,
-        n,
-        values.shape[1],
+        lambda block_n: triton.cdiv(n, block_n) + triton.cdiv(n_orphans, block_n),
+        batch,
         args,
         LOW_REDUCE=low_code,
         LOW_NEUTRAL=_NEUTRAL[low_code],
@@ -838,66 +1332,250 @@ def pair_forward(values: torch.Tensor, low: TritonLayer, up: TritonLayer, state:
         NEUTRAL=_NEUTRAL[code],
         STATE=state,
     )
-    return ((low_out, low_aux, low_arg) if state else None), (out, aux, arg)
 
 
-def pair_backward(grad_out, state, low_state, values, low: TritonLayer, up: TritonLayer):
-    """Launch the fused backward of two consecutive layers: ``d loss / d values``
-    (``[n_below, B]``) from the upper layer's gradient ``grad_out`` and both layers' forward
-    states."""
-    low_code, code = _code(low.reduce), _code(up.reduce)
-    grad_out = grad_out.contiguous()
-    out, aux, arg = state
-    low_out, low_aux, low_arg = low_state
-    grad_in, _, _ = _outputs(values.shape[0], values, False, False)
-    args = (grad_out, out, _or(aux, out), _or(arg, up.parent_edge))
-    args += (low_out, _or(low_aux, low_out), _or(low_arg, low.parent_edge), values)
-    args += (up.parent_edge, up.parent, up.parent_offsets)
-    args += (low.parent_edge, low.parent, low.parent_offsets, grad_in)
-    _launch(
-        _pair_bwd_kernel, values.shape[0], values.shape[1], args, LOW_REDUCE=low_code, REDUCE=code
+def _backward_args(circuit: TritonCircuit, grad, values, aux, arg):
+    """The arguments every backward kernel starts with (see :func:`_layer_bwd_kernel`)."""
+    return (
+        grad,
+        values,
+        _or(aux, values),
+        _or(arg, circuit.parent_edge),
+        values,
+        circuit.child,
+        circuit.offsets,
+        circuit.parent_offsets,
+        circuit.parent_split,
+        circuit.parent,
+        circuit.parent_edge,
     )
-    return grad_in
 
 
-#: The most work a fused pair may repeat: the lower layer's edges are walked once per parent
-#: of their node, so a pair fuses when sum(fan_in * fan_out) <= this * sum(fan_in) over the
-#: lower layer's nodes (1.0: only nodes with one parent each).
-MAX_RECOMPUTE = 1.1
+def block_backward(circuit: TritonCircuit, rows, hub, seeds, grad, values, aux, arg) -> None:
+    """The gradients of the rows ``rows = (first, end)`` (every parent's gradient already
+    final in ``grad``; ``seeds`` what the roots pass down), written into ``grad``. A block with
+    a hub plan of its transposed CSR gets partial gradients per chunk of at most ``HUB_CHUNK``
+    parent edges, then summed per row: no atomics either way."""
+    (lo, hi), batch = rows, values.shape[1]
+    constexprs = dict(
+        AND_REDUCE=_code(circuit.and_reduce),
+        OR_REDUCE=_code(circuit.or_reduce),
+        SEEDED=True,
+        TINY=_tiny(values.dtype),
+    )
+    common = _backward_args(circuit, grad, values, aux, arg) + (seeds, circuit.root_of_row)
+    if hub is None:
+        args = common + (grad, circuit.parent_offsets, circuit.parent_offsets)
+        args += (circuit.parent_offsets, lo, hi - lo, batch, circuit.num_leaves)
+        _launch(
+            _layer_bwd_kernel, _row_tiles(hi - lo), batch, args, VIRTUAL_ROWS=False, **constexprs
+        )
+        return
+    chunk_offsets, chunk_of_row, chunk_row = hub
+    n_chunks = chunk_row.numel()
+    partial = _empty(n_chunks, batch, dtype=values.dtype, device=values.device)
+    args = common + (partial, chunk_offsets, chunk_row, chunk_of_row, lo, n_chunks, batch)
+    args += (circuit.num_leaves,)
+    _launch(_layer_bwd_kernel, _row_tiles(n_chunks), batch, args, VIRTUAL_ROWS=True, **constexprs)
+    chunks = torch.arange(n_chunks, dtype=torch.int32, device=values.device)
+    layer_fwd(partial, chunks, chunk_of_row, "sum", state=False, out=(grad[lo:hi], None, None))
 
 
-def plan_fusion(
-    layers: Sequence[TritonLayer], max_recompute: float = MAX_RECOMPUTE
-) -> list[TritonLayer]:
-    """The layers with ``fused_with_next`` set where two consecutive layers run as one
-    forward and one backward launch (pairs taken greedily from the bottom): neither has hub
-    plans, every node of the lower one has a parent in the upper one (so the fused forward
-    writes all its rows), and the recomputation stays within ``max_recompute``.
+def pair_backward(circuit: TritonCircuit, low_rows, up_rows, seeds, grad, values, aux, arg) -> None:
+    """The fused backward of two consecutive row blocks (``up_rows`` directly above
+    ``low_rows``): both blocks' gradients in one launch, as :func:`block_backward` computes
+    them."""
+    (lo, hi), (up_lo, up_hi), batch = low_rows, up_rows, values.shape[1]
+    args = _backward_args(circuit, grad, values, aux, arg) + (seeds, circuit.root_of_row)
+    args += (lo, hi - lo, up_lo, up_hi - up_lo, batch, circuit.num_leaves)
+    _launch(
+        _pair_bwd_kernel,
+        lambda block_n: triton.cdiv(up_hi - up_lo, block_n) + triton.cdiv(hi - lo, block_n),
+        batch,
+        args,
+        AND_REDUCE=_code(circuit.and_reduce),
+        OR_REDUCE=_code(circuit.or_reduce),
+        TINY=_tiny(values.dtype),
+    )
 
-    Fusion halves the dependent kernel launches of a deep circuit, the cost that dominates
-    small circuits on a GPU. Runs once when a module builds its Triton layers: it reads the
-    index tensors' sizes back to the host (one sync per layer, not in the hot path).
-    """
-    planned = [layer._replace(fused_with_next=False) for layer in layers]
+
+def _circuit_forward(leaves: torch.Tensor, circuit: TritonCircuit, state: bool):
+    """The value buffer ``[num_nodes, B]`` (the leaves copied in, then every layer) and, with
+    ``state``, the aux / arg buffers ``[num_nodes - num_leaves, B]`` the backward reads
+    (``None`` where no reduction needs them)."""
+    n0, batch = circuit.num_leaves, leaves.shape[1]
+    rows = circuit.num_nodes
+    values = _empty(rows, batch, dtype=leaves.dtype, device=leaves.device)
+    values[:n0].copy_(leaves)
+    with_aux, with_arg = circuit.needs_state() if state else (False, False)
+    aux = _empty(rows - n0, batch, dtype=leaves.dtype, device=leaves.device) if with_aux else None
+    arg = _empty(rows - n0, batch, dtype=torch.int32, device=leaves.device) if with_arg else None
+    pairs = circuit.forward_pairs or {}
     k = 0
-    while k + 1 < len(planned):
-        if _fusable(planned[k], planned[k + 1], max_recompute):
-            planned[k] = planned[k]._replace(fused_with_next=True)
+    while k < len(circuit.layers):
+        if k in pairs:
+            low, up = circuit.layers[k], circuit.layers[k + 1]
+            pair_forward(circuit, low, up, pairs[k], values, aux, arg, state)
             k += 2
         else:
+            layer_forward(circuit, circuit.layers[k], values, aux, arg, state)
             k += 1
-    return planned
+    return values, aux, arg
 
 
-def _fusable(low: TritonLayer, up: TritonLayer, max_recompute: float) -> bool:
-    if low.has_hubs or up.has_hubs:
-        return False
-    fan_in = (low.offsets[1:] - low.offsets[:-1]).to(torch.float64)
-    fan_out = (up.parent_offsets[1:] - up.parent_offsets[:-1]).to(torch.float64)
-    if fan_out.numel() and int(fan_out.min()) == 0:
-        return False  # a node nobody reads: the fused forward would leave its row unwritten
-    edges = float(fan_in.sum())
-    return not edges or float((fan_in * fan_out).sum()) <= max_recompute * edges
+def _root_seeds(grad_roots: torch.Tensor, circuit: TritonCircuit) -> torch.Tensor:
+    """What each root row passes down, indexed by ``circuit.root_of_row``: the roots'
+    gradients, a repeated root's summed (a CSR sum: no atomics)."""
+    if circuit.root_groups is None:
+        return grad_roots
+    _, positions, offsets = circuit.root_groups
+    return layer_fwd(grad_roots, positions, offsets, "sum", state=False)[0]
+
+
+def _circuit_backward(grad_roots, values, aux, arg, circuit: TritonCircuit) -> torch.Tensor:
+    """``d loss / d leaves`` (``[num_leaves, B]``) from ``grad_roots: [num_roots, B]``: the
+    row blocks top down, each gathering its rows' gradients from their (final) parents and
+    from the roots."""
+    seeds = _root_seeds(grad_roots.contiguous(), circuit)
+    grad = _empty(*values.shape, dtype=values.dtype, device=values.device)
+    blocks = [((0, circuit.num_leaves), circuit.leaf_hub)]
+    blocks += [(layer.rows, layer.parent_hub) for layer in circuit.layers]
+    j = len(blocks) - 1
+    while j >= 0:
+        if j - 1 in circuit.backward_pairs:
+            pair_backward(circuit, blocks[j - 1][0], blocks[j][0], seeds, grad, values, aux, arg)
+            j -= 2
+        else:
+            block_backward(circuit, *blocks[j], seeds, grad, values, aux, arg)
+            j -= 1
+    return grad[: circuit.num_leaves]
+
+
+def _state_tensors(values, aux, arg) -> tuple[torch.Tensor, ...]:
+    return tuple(t for t in (values, aux, arg) if t is not None)
+
+
+def _unpack_state(circuit: TritonCircuit, tensors):
+    """``(values, aux, arg)`` from :func:`_state_tensors`' tuple."""
+    with_aux, with_arg = circuit.needs_state()
+    values, rest = tensors[0], list(tensors[1:])
+    aux = rest.pop(0) if with_aux else None
+    arg = rest.pop(0) if with_arg else None
+    return values, aux, arg
+
+
+_NO_DOUBLE_BACKWARD = (
+    "the Triton circuit backward is not differentiable (no double backward); use "
+    "backend='torch' for higher-order gradients"
+)
+
+
+class CircuitFunction(torch.autograd.Function):
+    """The whole circuit as one autograd node, for use under ``torch.func`` transforms.
+
+    ``apply(leaves: [n_0, B], circuit)`` returns ``(values, [aux,] [arg,] roots)``: the value
+    buffer and the state the backward reads are outputs (non-differentiable) rather than ctx
+    attributes so that torch.func sees them; the roots ``[num_roots, B]`` are the one
+    differentiable output. Under ``vmap`` the vmapped dimension joins the batch columns (one
+    launch per layer for the whole vmapped batch), and the backward is itself a vmappable
+    Function (:class:`_CircuitBackward`), so ``vmap(grad(f))`` and ``jacrev`` work too. Outside
+    the transforms :class:`_EagerCircuitFunction` does the same with one output.
+    """
+
+    @staticmethod
+    def forward(leaves: torch.Tensor, circuit: TritonCircuit):
+        values, aux, arg = _circuit_forward(leaves, circuit, True)
+        return (*_state_tensors(values, aux, arg), values.index_select(0, circuit.roots))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.circuit = inputs[1]
+        ctx.mark_non_differentiable(*output[:-1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inputs[0], *output[:-1])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if grads[-1] is None:
+            return None, None
+        leaves, *state = ctx.saved_tensors
+        return apply_function(_CircuitBackward, grads[-1], leaves, ctx.circuit, *state), None
+
+    @staticmethod
+    def vmap(info, in_dims, leaves, circuit):
+        if in_dims[0] is None:
+            state = CircuitFunction.apply(leaves, circuit)
+            return state, (None,) * len(state)
+        width = info.batch_size
+        state = CircuitFunction.apply(_fold_vmapped(leaves, in_dims[0], width), circuit)
+        return tuple(_unfold_vmapped(t, width) for t in state), (2,) * len(state)
+
+
+class _CircuitBackward(torch.autograd.Function):
+    """:func:`_circuit_backward` as a Function of its own, for its vmap rule (``vmap(grad(f))``
+    runs the backward on vmapped tensors; ``jacrev`` vmaps the gradient alone). It has no
+    backward itself: the Triton path is once differentiable. ``leaves`` (the values' leaf rows,
+    unused here) is an input so that differentiating the gradient reaches that refusal rather
+    than a silent zero."""
+
+    @staticmethod
+    def forward(grad_roots, leaves, circuit, *state):
+        return _circuit_backward(grad_roots, *_unpack_state(circuit, state), circuit)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError(_NO_DOUBLE_BACKWARD)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_roots, leaves, circuit, *state):
+        tensors = (grad_roots, leaves, *state)
+        dims = (in_dims[0], in_dims[1], *in_dims[3:])
+        if all(d is None for d in dims):
+            return _CircuitBackward.apply(grad_roots, leaves, circuit, *state), None
+        width = info.batch_size
+        flat = [_fold_vmapped(t, d, width) for t, d in zip(tensors, dims, strict=True)]
+        result = _CircuitBackward.apply(flat[0], flat[1], circuit, *flat[2:])
+        return _unfold_vmapped(result, width), 2
+
+
+class _EagerCircuitFunction(torch.autograd.Function):
+    """:class:`CircuitFunction` outside ``torch.func`` transforms: the roots as the only
+    output, the forward state saved on the ctx."""
+
+    @staticmethod
+    def forward(ctx, leaves: torch.Tensor, circuit: TritonCircuit):
+        values, aux, arg = _circuit_forward(leaves, circuit, True)
+        ctx.circuit = circuit
+        ctx.save_for_backward(*_state_tensors(values, aux, arg))
+        return values.index_select(0, circuit.roots)
+
+    @staticmethod
+    @once_differentiable  # differentiating its result raises (the kernels record no graph)
+    def backward(ctx, grad):
+        state = _unpack_state(ctx.circuit, ctx.saved_tensors)
+        return _circuit_backward(grad, *state, ctx.circuit), None
+
+
+def circuit_forward_triton(leaves: torch.Tensor, circuit: TritonCircuit) -> torch.Tensor:
+    """The whole circuit with the fused kernels: ``leaves: [num_leaves, B]`` -> the roots
+    ``[num_roots, B]``, differentiable (once) and composable with ``torch.func`` (``vmap``,
+    ``grad``, ``vmap(grad)``, ``jacrev``). With no gradient to prepare (grad mode off, or
+    ``leaves`` not requiring grad) it writes only the node values.
+
+    Raises :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the interpreter.
+    """
+    _check_device(leaves)
+    leaves = leaves.contiguous()
+    if not needs_grad(leaves):
+        values, _, _ = _circuit_forward(leaves, circuit, False)
+        return values.index_select(0, circuit.roots)
+    if torch._C._are_functorch_transforms_active():
+        return CircuitFunction.apply(leaves, circuit)[-1]
+    return _EagerCircuitFunction.apply(leaves, circuit)
 
 
 def _fold_vmapped(t: torch.Tensor, dim: int | None, width: int) -> torch.Tensor:
@@ -916,187 +1594,6 @@ def _fold_vmapped(t: torch.Tensor, dim: int | None, width: int) -> torch.Tensor:
 def _unfold_vmapped(t: torch.Tensor, width: int) -> torch.Tensor:
     """The inverse of :func:`_fold_vmapped`: ``[n, B * width]`` -> ``[n, B, width]``."""
     return t.reshape(t.shape[0], -1, width)
-
-
-def _layer_states(layers: Sequence[TritonLayer], state: Sequence[torch.Tensor]):
-    """Each layer's ``(out, aux, arg)`` from the flat forward state, where a layer contributes
-    ``aux`` (if its reduction has one), ``arg`` (likewise), then ``out``, in layer order."""
-    states, at = [], 0
-    for layer in layers:
-        code = _code(layer.reduce)
-        aux = arg = None
-        if code in _NEEDS_AUX:
-            aux, at = state[at], at + 1
-        if code in _NEEDS_ARG:
-            arg, at = state[at], at + 1
-        states.append((state[at], aux, arg))
-        at += 1
-    return states
-
-
-def _forward_steps(inputs: torch.Tensor, layers: Sequence[TritonLayer], state: bool):
-    """Run the layers, one launch per layer or fused pair, yielding each step's layers'
-    ``(out, aux, arg)`` (see :func:`layer_forward` and :func:`pair_forward` for ``state``).
-    Nothing of a step is kept here once the next one has run."""
-    values, k = inputs.contiguous(), 0
-    while k < len(layers):
-        if layers[k].fused_with_next:
-            step = pair_forward(values, layers[k], layers[k + 1], state)
-            k += 2
-        else:
-            step = (layer_forward(values, layers[k], state),)
-            k += 1
-        values = step[-1][0]
-        yield step
-
-
-def _circuit_forward(inputs: torch.Tensor, layers: Sequence[TritonLayer]):
-    """Every layer's ``(out, aux, arg)``, in layer order, for a backward."""
-    return [layer_state for step in _forward_steps(inputs, layers, True) for layer_state in step]
-
-
-def _circuit_values(inputs: torch.Tensor, layers: Sequence[TritonLayer]) -> torch.Tensor:
-    """The roots' values for inference: no aux / arg and no fused pair's lower layer written,
-    and each layer freed once the next one is computed."""
-    (last,) = deque(_forward_steps(inputs, layers, False), maxlen=1)  # keeps one step only
-    return last[-1][0]
-
-
-def _circuit_backward(grad, inputs, layers: Sequence[TritonLayer], states) -> torch.Tensor:
-    """Every layer's backward kernels, last layer first: ``d loss / d inputs``."""
-    k = len(layers) - 1
-    while k >= 0:
-        fused = k > 0 and layers[k - 1].fused_with_next
-        bottom = k - 1 if fused else k
-        below = inputs.contiguous() if bottom == 0 else states[bottom - 1][0]
-        if fused:
-            grad = pair_backward(grad, states[k], states[k - 1], below, layers[k - 1], layers[k])
-        else:
-            grad = layer_backward(grad, *states[k], below, layers[k])
-        k = bottom - 1
-    return grad
-
-
-_NO_DOUBLE_BACKWARD = (
-    "the Triton circuit backward is not differentiable (no double backward); use "
-    "backend='torch' for higher-order gradients"
-)
-
-
-class CircuitFunction(torch.autograd.Function):
-    """All layers in one autograd node, for use under ``torch.func`` transforms. Saves each
-    layer's output (and, for the reductions that need them, a node-sized aux tensor and an
-    int32 arg tensor): nothing edge-sized.
-
-    ``apply(inputs: [n_0, B], layers)`` returns the flat state (see :func:`_layer_states`);
-    its last tensor is the root layer's ``[n_L, B]``, the only differentiable output. The
-    intermediate layers are outputs rather than ctx attributes so that torch.func sees them:
-    under ``vmap`` the vmapped dimension joins the batch columns (one kernel launch per layer
-    for the whole vmapped batch), and the backward is itself a vmappable Function
-    (:class:`_CircuitBackward`), so ``vmap(grad(f))`` and ``jacrev`` work too. Outside the
-    transforms :class:`_EagerCircuitFunction` does the same with one output (autograd spends
-    about 0.5 µs per output of a Function: some 100 µs a call on a circuit of 80 layers).
-    """
-
-    @staticmethod
-    def forward(inputs: torch.Tensor, layers: Sequence[TritonLayer]):
-        states = _circuit_forward(inputs, layers)
-        return tuple(t for out, aux, arg in states for t in (aux, arg, out) if t is not None)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.layers = inputs[1]
-        ctx.mark_non_differentiable(*output[:-1])
-        # The intermediate outputs get no gradient: no zero tensor (one fill each) for them.
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(inputs[0], *output)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        if grads[-1] is None:
-            return None, None
-        inputs, *state = ctx.saved_tensors
-        return apply_function(_CircuitBackward, grads[-1], inputs, ctx.layers, *state), None
-
-    @staticmethod
-    def vmap(info, in_dims, inputs, layers):
-        if any(d is not None for d in torch.utils._pytree.tree_leaves(in_dims[1])):
-            raise NotImplementedError("the circuit vmaps over its inputs, not over its layers")
-        if in_dims[0] is None:
-            state = CircuitFunction.apply(inputs, layers)
-            return state, (None,) * len(state)
-        width = info.batch_size
-        state = CircuitFunction.apply(_fold_vmapped(inputs, in_dims[0], width), layers)
-        return tuple(_unfold_vmapped(t, width) for t in state), (2,) * len(state)
-
-
-class _CircuitBackward(torch.autograd.Function):
-    """:func:`_circuit_backward` as a Function of its own, for its vmap rule (``vmap(grad(f))``
-    runs the backward on vmapped tensors; ``jacrev`` vmaps the gradient alone). It has no
-    backward itself: the Triton path is once differentiable."""
-
-    @staticmethod
-    def forward(grad, inputs, layers, *state):
-        return _circuit_backward(grad, inputs, layers, _layer_states(layers, state))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise NotImplementedError(_NO_DOUBLE_BACKWARD)
-
-    @staticmethod
-    def vmap(info, in_dims, grad, inputs, layers, *state):
-        if any(d is not None for d in torch.utils._pytree.tree_leaves(in_dims[2])):
-            raise NotImplementedError("the circuit vmaps over its inputs, not over its layers")
-        tensors = (grad, inputs, *state)
-        dims = (in_dims[0], in_dims[1], *in_dims[3:])
-        if all(d is None for d in dims):
-            return _CircuitBackward.apply(grad, inputs, layers, *state), None
-        width = info.batch_size
-        flat = [_fold_vmapped(t, d, width) for t, d in zip(tensors, dims, strict=True)]
-        result = _CircuitBackward.apply(flat[0], flat[1], layers, *flat[2:])
-        return _unfold_vmapped(result, width), 2
-
-
-class _EagerCircuitFunction(torch.autograd.Function):
-    """:class:`CircuitFunction` outside ``torch.func`` transforms: the root as its only output,
-    the forward state saved on the ctx."""
-
-    @staticmethod
-    def forward(ctx, inputs: torch.Tensor, layers: Sequence[TritonLayer]):
-        states = _circuit_forward(inputs, layers)
-        ctx.layers = layers
-        ctx.save_for_backward(inputs, *(t for state in states for t in state))
-        return states[-1][0]
-
-    @staticmethod
-    @once_differentiable  # differentiating its result raises (the kernels record no graph)
-    def backward(ctx, grad):
-        inputs, *saved = ctx.saved_tensors
-        states = [saved[k : k + 3] for k in range(0, len(saved), 3)]
-        return _circuit_backward(grad, inputs, ctx.layers, states), None
-
-
-def circuit_forward_triton(inputs: torch.Tensor, layers: Sequence[TritonLayer]) -> torch.Tensor:
-    """All layers with the fused kernels: ``inputs: [n_0, B]`` -> ``[n_L, B]``, differentiable
-    (once) and composable with ``torch.func`` (``vmap``, ``grad``, ``vmap(grad)``, ``jacrev``).
-    With no gradient to prepare (grad mode off, or ``inputs`` not requiring grad) it writes
-    only each layer's values, frees each layer once the next is computed, and skips the lower
-    layer of every fused pair.
-
-    Raises :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the interpreter.
-    """
-    _check_device(inputs)
-    if not layers:
-        return inputs.contiguous()
-    if not needs_grad(inputs):
-        return _circuit_values(inputs, layers)
-    if torch._C._are_functorch_transforms_active():
-        return CircuitFunction.apply(inputs, tuple(layers))[-1]
-    return _EagerCircuitFunction.apply(inputs, tuple(layers))
 
 
 # ---------------------------------------------------------------------------- the torch op
@@ -1140,6 +1637,8 @@ def _layer_bwd_op(
     aux: torch.Tensor,
     arg: torch.Tensor,
     values: torch.Tensor,
+    child: torch.Tensor,
+    offsets: torch.Tensor,
     parent_edge: torch.Tensor,
     parent: torch.Tensor,
     parent_offsets: torch.Tensor,
@@ -1152,6 +1651,8 @@ def _layer_bwd_op(
         aux if code in _NEEDS_AUX else None,
         arg if code in _NEEDS_ARG else None,
         values,
+        child,
+        offsets,
         parent_edge,
         parent,
         parent_offsets,
@@ -1160,19 +1661,20 @@ def _layer_bwd_op(
 
 
 @_layer_bwd_op.register_fake
-def _(grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce):
+def _(grad_out, out, aux, arg, values, child, offsets, parent_edge, parent, parent_offsets, reduce):
     return torch.empty_like(values)
 
 
 def _layer_setup_context(ctx, inputs, output):
-    values, _, _, parent_edge, parent, parent_offsets, reduce = inputs
-    ctx.save_for_backward(values, parent_edge, parent, parent_offsets, *output)
+    values, child, offsets, parent_edge, parent, parent_offsets, reduce = inputs
+    ctx.save_for_backward(values, child, offsets, parent_edge, parent, parent_offsets, *output)
     ctx.reduce = reduce
 
 
 def _layer_backward(ctx, grad_out, grad_aux, grad_arg):
-    values, parent_edge, parent, parent_offsets, out, aux, arg = ctx.saved_tensors
-    args = (grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, ctx.reduce)
+    values, child, offsets, parent_edge, parent, parent_offsets, out, aux, arg = ctx.saved_tensors
+    args = (grad_out, out, aux, arg, values, child, offsets, parent_edge, parent, parent_offsets)
+    args += (ctx.reduce,)
     if torch._C._are_functorch_transforms_active():
         grad = _LayerBackwardFunction.apply(*args)
     else:
@@ -1206,9 +1708,21 @@ class _LayerBackwardFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce):
+    def forward(
+        grad_out, out, aux, arg, values, child, offsets, parent_edge, parent, parent_offsets, reduce
+    ):
         return _layer_bwd_op(
-            grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce
+            grad_out,
+            out,
+            aux,
+            arg,
+            values,
+            child,
+            offsets,
+            parent_edge,
+            parent,
+            parent_offsets,
+            reduce,
         )
 
     @staticmethod
@@ -1244,7 +1758,19 @@ def _layer_vmap(info, in_dims, values, child, offsets, parent_edge, parent, pare
 
 @_layer_bwd_op.register_vmap
 def _layer_bwd_vmap(
-    info, in_dims, grad_out, out, aux, arg, values, parent_edge, parent, parent_offsets, reduce
+    info,
+    in_dims,
+    grad_out,
+    out,
+    aux,
+    arg,
+    values,
+    child,
+    offsets,
+    parent_edge,
+    parent,
+    parent_offsets,
+    reduce,
 ):
     """``vmap(grad(f))`` and ``jacrev`` run the layer's backward on vmapped tensors: as in the
     forward, the vmapped dimension joins the batch columns (unvmapped tensors are repeated
@@ -1252,16 +1778,16 @@ def _layer_bwd_vmap(
     if any(d is not None for d in in_dims[5:]):
         raise NotImplementedError("trilay.layer vmaps over values only, not over the indices")
     tensors, dims = (grad_out, out, aux, arg, values), in_dims[:5]
+    indices = (child, offsets, parent_edge, parent, parent_offsets)
     if all(d is None for d in dims):
-        grad = _layer_bwd_op(*tensors, parent_edge, parent, parent_offsets, reduce)
-        return grad, None
+        return _layer_bwd_op(*tensors, *indices, reduce), None
     width = info.batch_size
     # The empty aux / arg placeholders of reductions without them pass as they are.
     flat = [
         t if d is None and t.dim() == 1 else _fold_vmapped(t, d, width)
         for t, d in zip(tensors, dims, strict=True)
     ]
-    grad = _layer_bwd_op(*flat, parent_edge, parent, parent_offsets, reduce)
+    grad = _layer_bwd_op(*flat, *indices, reduce)
     return _unfold_vmapped(grad, width), 2
 
 

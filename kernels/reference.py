@@ -12,6 +12,7 @@ no empty segment, and an empty segment yields the reduction's identity here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -91,8 +92,9 @@ def segment_reduce_torch(
 ) -> torch.Tensor:
     """``out[i] = reduce(src[offsets[i]:offsets[i+1]])`` for ``src: [E, B]`` -> ``[n, B]``.
 
-    ``segment: [E]`` is each row's segment (``i`` for the rows of segment ``i``); it is derived
-    from ``offsets`` when omitted. The rows fold into their segments with ``index_add`` /
+    ``segment: [E]`` is each row's segment (``i`` for the rows of segment ``i``; then the rows
+    may come in any order, ``offsets`` giving only the segments' sizes); it is derived from
+    ``offsets`` when omitted. The rows fold into their segments with ``index_add`` /
     ``scatter_reduce``, which on the CPU beat ``torch.segment_reduce`` at batch > 1.
 
     Exact gradients with zeros (``prod``: per-segment zero counts, see :class:`_SegmentProd`)
@@ -159,13 +161,33 @@ def _prod_parts(src: torch.Tensor, segment: torch.Tensor, n: int):
     )
 
 
+def _others_product(src: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
+    """For each row ``e``, the product of the other factors of its segment (zero factors
+    counted as 1), in float64, correct to rounding whenever it is representable: computed as
+    a product of mantissas (``frexp``, centred on 1 so that a long product stays in range) and
+    a sum of exponents, not as ``a / src[e]``, which is 0 or inf once ``a`` under- or
+    overflows (``[1e-30, 1e-30]`` in float32 has the derivatives ``[1e-30, 1e-30]``, though
+    their product is 0 there)."""
+    factors = torch.where(src == 0, torch.ones_like(src), src).double()
+    mantissa, exponent = torch.frexp(factors)
+    low = mantissa.abs() < math.sqrt(0.5)
+    mantissa = torch.where(low, mantissa * 2, mantissa)
+    exponent = (exponent - low.to(exponent.dtype)).double()
+    mantissas = _scatter(mantissa, segment, n, "prod").index_select(0, segment) / mantissa
+    scale = _scatter(exponent, segment, n, "sum").index_select(0, segment) - exponent
+    half = torch.floor(scale / 2)  # two steps: 2^scale alone can leave the float64 range
+    return mantissas * torch.exp2(half) * torch.exp2(scale - half)
+
+
 def _prod_vjp(grad: torch.Tensor, src: torch.Tensor, segment: torch.Tensor, n: int):
-    """``grad[segment[e]] * d out / d src[e]``: the factor's share ``a / factor`` (``a`` for the
-    zero factor, whose factor is 1), kept where no other factor of the segment is zero, i.e.
-    where ``z`` equals the factor's own zero count."""
-    is_zero, factors, a, z = _prod_parts(src, segment, n)
-    kept = z.index_select(0, segment) == is_zero
-    return torch.where(kept, (grad * a).index_select(0, segment) / factors, 0.0)
+    """``grad[segment[e]] * d out / d src[e]``: the product of the other factors
+    (:func:`_others_product`), kept where no other factor of the segment is zero, i.e. where
+    the segment's zero count equals the factor's own."""
+    is_zero = (src == 0).to(src.dtype)
+    zeros = _scatter(is_zero, segment, n, "sum")
+    kept = zeros.index_select(0, segment) == is_zero
+    others = _others_product(src, segment, n).to(src.dtype)
+    return torch.where(kept, grad.index_select(0, segment) * others, 0.0)
 
 
 def _prod_hvp(v: torch.Tensor, src: torch.Tensor, segment: torch.Tensor, n: int):
@@ -192,11 +214,11 @@ class _SegmentProd(torch.autograd.Function):
     """The segment product ``out[i] = prod(src[e] for segment[e] = i)`` with derivatives that
     are exact with zeros.
 
-    With ``a[i]`` the product of segment ``i``'s non-zero factors and ``z[i]`` its zero count,
-    ``d out[i] / d src[e]`` is ``a / src[e]`` if ``z = 0``; ``a`` for the zero factor if
-    ``z = 1``; else 0 (:func:`_prod_vjp`; the forward mode sums the same terms). Zero factors
-    are replaced by 1 before dividing: never a division by zero, no NaN. ``a`` and ``z`` are
-    computed in the backward, so the forward costs what the plain scatter product does. A
+    With ``z[i]`` segment ``i``'s zero count, ``d out[i] / d src[e]`` is the product of the
+    other factors if ``z = 0``, or ``z = 1`` and ``src[e]`` is the zero; else 0
+    (:func:`_prod_vjp`; the forward mode sums the same terms): never a division by zero, no
+    NaN, and right where the product itself under- or overflows. The derivative is computed
+    in the backward, so the forward costs what the plain scatter product does. A
     backward that will itself be differentiated (``create_graph``, ``torch.func``) runs as
     :class:`_SegmentProdGrad`, exact with zeros to second order.
     """
@@ -330,19 +352,43 @@ def layer_forward_torch(
     return segment_reduce_torch(values.index_select(0, child), offsets, reduce, segment)
 
 
+class TorchGather(NamedTuple):
+    """Rows gathered from several tensors, ``cat([tensors[s].index_select(0, index) for s,
+    index in parts])``, then put in order by ``order`` (``None``: the parts' order is the
+    order wanted)."""
+
+    parts: tuple[tuple[int, torch.Tensor], ...]
+    order: torch.Tensor | None = None
+
+
+def gather_rows(tensors: Sequence[torch.Tensor], gather: TorchGather) -> torch.Tensor:
+    """The rows ``gather`` names, ``[rows, B]``."""
+    pieces = [tensors[s].index_select(0, index) for s, index in gather.parts]
+    rows = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return rows if gather.order is None else rows.index_select(0, gather.order)
+
+
 class TorchLayer(NamedTuple):
-    """One layer for :func:`circuit_forward_torch` (the arguments of
-    :func:`layer_forward_torch` after ``values``)."""
+    """One layer for :func:`circuit_forward_torch`: its nodes' children gathered from the
+    tensors of lower layers (``gather``, one part per layer read), folded into the nodes by
+    ``segment`` (``[E]`` int64, each gathered row's node, in gather order); ``offsets`` is the
+    layer's CSR (its node count and fan-ins) and ``reduce`` its reduction."""
 
-    child: torch.Tensor
+    gather: TorchGather
     offsets: torch.Tensor
+    segment: torch.Tensor
     reduce: str
-    segment: torch.Tensor | None = None
 
 
-def circuit_forward_torch(inputs: torch.Tensor, layers: Sequence[TorchLayer]) -> torch.Tensor:
-    """All layers in order: ``inputs: [n_0, B]`` -> the last layer's ``[n_L, B]``."""
-    values = inputs
+def circuit_forward_torch(
+    inputs: torch.Tensor, layers: Sequence[TorchLayer], roots: TorchGather
+) -> torch.Tensor:
+    """Every layer in order, then the roots: ``inputs: [n_0, B]`` (the leaves) ->
+    ``[num_roots, B]``. Each layer is a tensor of its own and reads its children from any lower
+    one (one ``index_select`` per layer read), so autograd, ``torch.func`` and forward-mode AD
+    differentiate it as they do any torch code."""
+    values = [inputs]
     for layer in layers:
-        values = layer_forward_torch(values, *layer)
-    return values
+        src = gather_rows(values, layer.gather)
+        values.append(segment_reduce_torch(src, layer.offsets, layer.reduce, layer.segment))
+    return gather_rows(values, roots)

@@ -185,12 +185,17 @@ def test_scatter_baseline_matches_the_engine_in_real_and_log():
 
 
 def test_bytes_moved_formula():
-    # inputs 4 rows, one layer of 2 nodes and 3 edges, batch 5, float32
-    sizes = [(4, 0), (2, 3)]
-    forward = 4 * 5 * (4 + 2) + 4 * (3 + 2 + 1)
-    backward = 4 * 5 * 2 * (2 + 4) + 4 * (2 * 3 + 4 + 1)
-    assert harness.bytes_moved(sizes, 5, 4, "forward") == forward
-    assert harness.bytes_moved(sizes, 5, 4, "forward+backward") == forward + backward
+    # x1 AND x2 (no smoothing): 6 leaf rows and 1 node reading 2 edges; batch 5, float32
+    c = Circuit(2)
+    c.add_root(c.conjoin([c.literal(1), c.literal(2)]))
+    compiled = c.compile(smooth=False)
+    assert (compiled.num_nodes, compiled.num_leaves, compiled.num_edges) == (7, 6, 2)
+    # forward: read 7 values, write 1; read 2 child ids and 1 + 1 offsets
+    forward = 4 * 5 * (7 + 1) + 4 * (2 + 1 + 1)
+    # backward: read 7 values and 1 gradient, write 7 gradients; 2 * 2 ids, 7 + 7 + 1 offsets
+    backward = 4 * 5 * (7 + 1 + 7) + 4 * (2 * 2 + 2 * 7 + 1)
+    assert harness.bytes_moved(compiled, 5, 4, "forward") == forward
+    assert harness.bytes_moved(compiled, 5, 4, "forward+backward") == forward + backward
 
 
 # ---------------------------------------------------------------- the results file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -264,6 +265,18 @@ def test_deduplication_merges_identical_roots(data_dir):
         torch.testing.assert_close(out[:, :1], a.module("real")(pos))
 
 
+def compiled_nodes(compiled) -> list[tuple[str, tuple[int, ...]]]:
+    """Each internal row's ``(kind, children rows)``, read back from the index tensors."""
+    child, offsets = compiled.child.tolist(), compiled.offsets.tolist()
+    nodes = []
+    for k, kind in enumerate(compiled.layer_kinds, start=1):
+        lo, hi = compiled.layer_rows(k)
+        for r in range(lo, hi):
+            i = r - compiled.num_leaves
+            nodes.append((kind, tuple(child[offsets[i] : offsets[i + 1]])))
+    return nodes
+
+
 def test_deduplication_within_a_circuit():
     c = Circuit(2)
     # Two structurally equal sub-circuits built separately, children in different order.
@@ -271,41 +284,49 @@ def test_deduplication_within_a_circuit():
     s2 = c.conjoin([c.literal(2), c.literal(1)])
     c.add_root(c.disjoin([c.conjoin([s1, c.literal(-1)]), c.conjoin([c.literal(-1), s2])]))
     compiled = c.compile(smooth=False)
-    # Layer 1 needs one AND for x1*x2, not two.
-    first = compiled.layers[0]
-    products = (first.offsets[1:] - first.offsets[:-1]) == 2
-    assert int(products.sum()) == 1
+    x1, x2 = 2, 3  # leaf rows of +1, +2
+    assert compiled_nodes(compiled).count(("and", (x1, x2))) == 1
 
 
 def layer_invariants(compiled):
-    below = 2 * compiled.num_vars + 2
-    for k, layer in enumerate(compiled.layers, start=1):
-        assert layer.kind == ("and" if k % 2 else "or")
-        child = layer.child.long()
-        offsets = layer.offsets.long()
-        assert layer.child.dtype == layer.offsets.dtype == torch.int32
-        assert offsets[0] == 0 and offsets[-1] == child.numel()
-        assert bool((offsets[1:] > offsets[:-1]).all()), "a node without children"
-        assert bool(((child >= 0) & (child < below)).all()), "an edge skips a layer"
-        # The transposed CSR lists exactly the same edges.
-        parent_of_edge = torch.repeat_interleave(torch.arange(layer.num_nodes), offsets.diff())
-        pairs = sorted(zip(child.tolist(), parent_of_edge.tolist(), strict=True))
-        p_off = layer.parent_offsets.long()
-        assert p_off.numel() == below + 1
-        transposed = [
-            (j, int(p)) for j in range(below) for p in layer.parent[p_off[j] : p_off[j + 1]]
+    """The layered circuit's contract (see CompiledCircuit), checked from plain lists."""
+    n0, starts = compiled.num_leaves, compiled.row_starts
+    assert n0 == 2 * compiled.num_vars + 2 + (compiled.num_vars if compiled.smooth else 0)
+    assert starts[0] == 0 and starts[1] == n0
+    assert all(b > a for a, b in itertools.pairwise(starts[1:])), "an empty layer"
+    assert compiled.num_nodes == starts[-1]
+    assert compiled.child.dtype == compiled.offsets.dtype == torch.int32
+    nodes = compiled_nodes(compiled)
+    assert len(nodes) == compiled.num_nodes - n0
+    kind_of_row = ["leaf"] * n0 + [kind for kind, _ in nodes]
+    for k in range(1, compiled.num_layers + 1):
+        lo, hi = compiled.layer_rows(k)
+        for kind, kids in nodes[lo - n0 : hi - n0]:
+            assert kind == compiled.layer_kinds[k - 1]
+            assert all(0 <= c < lo for c in kids), "a child not in a lower layer"
+            assert list(kids) == sorted(kids)
+            # No pass-through nodes: every internal node has two children or more.
+            assert len(kids) >= 2, "a unary (pass-through) node"
+    assert len(set(nodes)) == len(nodes), "two equal nodes"
+    # Every row is a root or read by some node (nothing dead is evaluated).
+    read = {c for _, kids in nodes for c in kids} | set(compiled.roots.tolist())
+    assert set(range(n0, compiled.num_nodes)) <= read
+    # The transposed CSR lists exactly the same edges: AND parents first, then OR parents.
+    edges = [
+        (c, e, n0 + i)
+        for i, (_, kids) in enumerate(nodes)
+        for e, c in zip(range(compiled.offsets[i], compiled.offsets[i + 1]), kids, strict=True)
+    ]
+    p_off, split = compiled.parent_offsets.tolist(), compiled.parent_split.tolist()
+    parent, parent_edge = compiled.parent.tolist(), compiled.parent_edge.tolist()
+    assert len(p_off) == compiled.num_nodes + 1
+    for row in range(compiled.num_nodes):
+        mine = sorted((kind_of_row[p] == "or", e, p) for c, e, p in edges if c == row)
+        listed = [
+            (j >= split[row], parent_edge[j], parent[j]) for j in range(p_off[row], p_off[row + 1])
         ]
-        assert transposed == pairs
-        # parent_edge names the same edges: each one's child and parent agree.
-        edge = layer.parent_edge.long()
-        assert sorted(edge.tolist()) == list(range(child.numel()))
-        assert child[edge].tolist() == [j for j, _ in transposed]
-        assert parent_of_edge[edge].tolist() == [p for _, p in transposed]
-        below = layer.num_nodes
-    assert below == compiled.num_roots
-    assert compiled.num_nodes == 2 * compiled.num_vars + 2 + sum(
-        x.num_nodes for x in compiled.layers
-    )
+        assert listed == mine
+    assert all(0 <= r < compiled.num_nodes for r in compiled.roots.tolist())
 
 
 @pytest.mark.parametrize("name", ["sudoku_4", "4-grid", "road_r"])

@@ -19,77 +19,84 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from trilay.engine import SEMIRINGS
 from trilay.kernels import layer
+
+INT_POINTERS = ("child", "offsets", "arg", "orphan", "root_of_row", "part_arg")
 
 def signature(kernel, dtype):
     sig = {}
     for arg in kernel.arg_names:
-        name = arg
-        if name.isupper():
+        name = arg.removeprefix("low_")  # a fused pair's lower layer: the same types
+        if arg.isupper():
             sig[arg] = "constexpr"
         elif name.endswith("_ptr"):
-            name = name.removeprefix("low_")  # a fused pair's lower layer: the same types
-            int_ptr = name in ("child_ptr", "offsets_ptr", "arg_ptr", "row_child_ptr")
-            int_ptr = int_ptr or name.startswith("parent") or name.startswith("chunk")
-            int_ptr = int_ptr or name == "part_arg_ptr"
+            base = name.removesuffix("_ptr")
+            int_ptr = base in INT_POINTERS or base.startswith(("parent", "chunk"))
             sig[arg] = "*i32" if int_ptr else f"*{dtype}"
         else:
             sig[arg] = "i32"
     return sig
 
+def build(kernel, dtype, **constexprs):
+    tiny = layer._TINY[{"fp32": torch.float32, "fp64": torch.float64}[dtype]]
+    if "TINY" in kernel.arg_names:
+        constexprs["TINY"] = tiny
+    src = ASTSource(fn=kernel, signature=signature(kernel, dtype), constexprs=constexprs)
+    assert triton.compile(src, target=target).asm["cubin"], (kernel.__name__, constexprs)
+
+import torch
 target = GPUTarget("cuda", 90, 32)
-kernels = (layer._layer_fwd_kernel, layer._layer_combine_kernel, layer._layer_bwd_kernel)
-for kernel in kernels:
-    for reduce, code in sorted(layer.TRITON_REDUCTIONS.items()):
-        for block_n, block_b in ((128, 1), (16, 8), (4, 128)):
-            for flag in (False, True):
-                constexprs = {"REDUCE": code, "BLOCK_N": block_n, "BLOCK_B": block_b}
-                optional = {
-                    "NEUTRAL": layer._NEUTRAL[code],
-                    "PARTIAL": flag,
-                    "VIRTUAL_ROWS": flag,
-                    "STATE": not flag,
-                }
-                for name, value in optional.items():
-                    if name in kernel.arg_names:
-                        constexprs[name] = value
-                if not flag or "PARTIAL" in constexprs or "VIRTUAL_ROWS" in constexprs:
-                    for dtype in ("fp32", "fp64"):
-                        sig = signature(kernel, dtype)
-                        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-                        compiled = triton.compile(src, target=target)
-                        assert compiled.asm["cubin"], (kernel.__name__, reduce, dtype)
-# Fused pairs: the semirings' (AND, OR) reductions and the reverse (greedy pairing can put an
-# OR layer below an AND layer), at the tile shapes of batch 1 and batch 128.
-pairs = [("prod", "sum"), ("sum", "logsumexp"), ("prod", "max"), ("sum", "max"), ("min", "max"),
-         ("lukasiewicz_and", "lukasiewicz_or"), ("prod", "prob_sum")]
-for low, up in pairs + [(up, low) for low, up in pairs]:
-    low_code, code = layer.TRITON_REDUCTIONS[low], layer.TRITON_REDUCTIONS[up]
-    for kernel in (layer._pair_fwd_kernel, layer._pair_bwd_kernel):
-        for block_n, block_b in ((128, 1), (4, 128)):
-            constexprs = {"LOW_REDUCE": low_code, "REDUCE": code, "BLOCK_N": block_n,
-                          "BLOCK_B": block_b}
-            if "NEUTRAL" in kernel.arg_names:
-                constexprs["LOW_NEUTRAL"] = layer._NEUTRAL[low_code]
-                constexprs["NEUTRAL"] = layer._NEUTRAL[code]
-            states = (True, False) if "STATE" in kernel.arg_names and block_b > 1 else (True,)
-            for dtype in ("fp32", "fp64") if low == "sum" else ("fp32",):
-                for state in states:
-                    if "STATE" in kernel.arg_names:
-                        constexprs["STATE"] = state
-                    sig = signature(kernel, dtype)
-                    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-                    compiled = triton.compile(src, target=target)
-                    assert compiled.asm["cubin"], (kernel.__name__, low, up, dtype, state)
+FULL = sys.argv[1] == "full"
+TILES = ((128, 1), (4, 128)) if FULL else ((4, 128),)  # batch 1 and batch 128
+DTYPES = ("fp32", "fp64") if FULL else ("fp32",)
+codes = layer.TRITON_REDUCTIONS
+for reduce, code in sorted(codes.items()):
+    for block_n, block_b in TILES:
+        for dtype in DTYPES:
+            tile = dict(BLOCK_N=block_n, BLOCK_B=block_b, REDUCE=code, NEUTRAL=layer._NEUTRAL[code])
+            for partial, state in ((False, True), (False, False), (True, True)):
+                build(layer._layer_fwd_kernel, dtype, PARTIAL=partial, STATE=state, **tile)
+            for state in (True, False):
+                build(layer._layer_combine_kernel, dtype, STATE=state, **tile)
+# The backward kernels take a semiring's (AND, OR) reductions; the single-layer op one twice.
+reduction_pairs = {(s.prod, s.sum) for s in SEMIRINGS.values()} | {(r, r) for r in codes}
+for and_reduce, or_reduce in sorted(reduction_pairs):
+    for block_n, block_b in TILES:
+        tile = dict(BLOCK_N=block_n, BLOCK_B=block_b)
+        reduces = dict(AND_REDUCE=codes[and_reduce], OR_REDUCE=codes[or_reduce])
+        full_pair = and_reduce != or_reduce or FULL
+        for dtype in ("fp32", "fp64") if full_pair and and_reduce == "prod" else DTYPES:
+            for virtual, seeded in ((False, True), (True, True), (False, False), (True, False)):
+                build(layer._layer_bwd_kernel, dtype, VIRTUAL_ROWS=virtual, SEEDED=seeded,
+                      **reduces, **tile)
+            if and_reduce != or_reduce:
+                build(layer._pair_bwd_kernel, dtype, **reduces, **tile)
+# Fused forward pairs: each semiring's (AND, OR) reductions and the reverse (pairing can put
+# an OR layer below an AND layer).
+for and_reduce, or_reduce in sorted({(s.prod, s.sum) for s in SEMIRINGS.values()}):
+    for low, up in ((and_reduce, or_reduce), (or_reduce, and_reduce)):
+        for block_n, block_b in TILES:
+            for state in (True, False):
+                build(layer._pair_fwd_kernel, "fp32", BLOCK_N=block_n, BLOCK_B=block_b,
+                      LOW_REDUCE=codes[low], LOW_NEUTRAL=layer._NEUTRAL[codes[low]],
+                      REDUCE=codes[up], NEUTRAL=layer._NEUTRAL[codes[up]], STATE=state)
 print("compiled", sys.argv[1:])
 """
 
 
-def test_every_kernel_variant_compiles_for_sm90(tmp_path):
+@pytest.mark.parametrize("variants", ["quick", pytest.param("full", marks=pytest.mark.slow)])
+def test_every_kernel_variant_compiles_for_sm90(variants, tmp_path):
+    """quick: every kernel and reduction at batch-128 tiles in float32 (float64 for the real
+    semiring's pair); full (slow): batch 1 tiles and float64 everywhere too."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", COMPILE_ALL, variants],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     if result.returncode and "ptxas" in result.stderr and "not found" in result.stderr:
         pytest.skip("Triton's bundled ptxas is not available here")

@@ -105,21 +105,21 @@ class Oracle:
         builder = build(d, _EngineBuilder())
         compiled = builder.ir.compile(smooth=False)
         self.num_vars = v = d.num_vars
-        self.layers = [
-            (layer.kind, layer.child.tolist(), layer.offsets.tolist()) for layer in compiled.layers
+        # Every internal row's (kind, children rows), rows ascending (layer by layer).
+        child, offsets = compiled.child.tolist(), compiled.offsets.tolist()
+        kinds = [
+            kind
+            for k, kind in enumerate(compiled.layer_kinds, start=1)
+            for _ in range(*compiled.layer_rows(k))
         ]
+        self.nodes = [(kind, child[offsets[i] : offsets[i + 1]]) for i, kind in enumerate(kinds)]
+        self.roots = compiled.roots.tolist()
         self.assignments = torch.tensor(list(itertools.product([0, 1], repeat=v)), dtype=torch.bool)
         x = self.assignments.double()
         self.leaves = torch.cat([torch.zeros(1, len(x)), torch.ones(1, len(x)), x.t(), 1 - x.t()])
-        # The edge order the module documents: OR nodes with two or more children, layer by
-        # layer, node by node, each node's edges in CSR order.
-        self.or_fan_ins = [
-            offsets[i + 1] - offsets[i]
-            for kind, _, offsets in self.layers
-            if kind == "or"
-            for i in range(len(offsets) - 1)
-            if offsets[i + 1] - offsets[i] >= 2
-        ]
+        # The edge order the module documents: OR nodes row by row, each node's edges in CSR
+        # order.
+        self.or_fan_ins = [len(kids) for kind, kids in self.nodes if kind == "or"]
         self.num_edges = sum(self.or_fan_ins)
 
     def circuit_at_indicators(self, weights: torch.Tensor) -> torch.Tensor:
@@ -131,21 +131,16 @@ class Oracle:
         (false, true, ``+1..+V``, ``-1..-V``): ``[n, roots]``."""
         rows = list(leaves)
         edge = 0
-        for kind, child, offsets in self.layers:
-            out = []
-            for i in range(len(offsets) - 1):
-                kids = [rows[c] for c in child[offsets[i] : offsets[i + 1]]]
-                if kind == "and":
-                    out.append(math.prod(kids))
-                elif len(kids) == 1:
-                    out.append(kids[0])
-                else:
-                    mix = torch.softmax(weights[edge : edge + len(kids)], dim=0)
-                    out.append(sum(m * k for m, k in zip(mix, kids, strict=True)))
-                    edge += len(kids)
-            rows = out
+        for kind, child in self.nodes:
+            kids = [rows[c] for c in child]
+            if kind == "and":
+                rows.append(math.prod(kids))
+            else:
+                mix = torch.softmax(weights[edge : edge + len(kids)], dim=0)
+                rows.append(sum(m * k for m, k in zip(mix, kids, strict=True)))
+                edge += len(kids)
         assert edge == weights.numel()
-        return torch.stack(rows, dim=-1)
+        return torch.stack([rows[r] for r in self.roots], dim=-1)
 
     def joint(self, weights, probs) -> torch.Tensor:
         """``prod_v p_v(x_v) * C_w(x)``: ``probs [..., V]`` -> ``[..., 2^V, roots]``."""

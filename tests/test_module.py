@@ -88,13 +88,7 @@ def test_save_load_round_trip(compiled, tmp_path):
 def test_module_state_dict_and_torch_save(compiled):
     module = compiled.module("real")
     names = set(module.state_dict())
-    assert {
-        "layer0_child",
-        "layer0_offsets",
-        "layer0_parent_offsets",
-        "layer0_parent",
-        "layer0_parent_edge",
-    } <= names
+    assert {"child", "offsets", "roots", "parent_offsets", "parent", "parent_edge"} <= names
     buffer = io.BytesIO()
     torch.save(module, buffer)
     buffer.seek(0)
@@ -108,13 +102,13 @@ def test_module_state_dict_and_torch_save(compiled):
 
 def test_to_device_moves_buffers(compiled):
     module = compiled.module("real").to(torch.float64)  # dtype casts leave int buffers alone
-    assert module.layer0_child.dtype == torch.int32
+    assert module.child.dtype == torch.int32
     meta = compiled.module("real").to("meta")
     assert meta.device.type == "meta"
 
 
 def test_evaluating_after_a_move_uses_the_moved_buffers(compiled):
-    # The module caches its layer views on first use; a move must not leave them behind.
+    # Layer views are slices of the buffers taken per call: a move must not leave them behind.
     module = compiled.module("real")
     pos = random_weights(3, 6, 4)
     torch.testing.assert_close(module(pos), expected(pos))
@@ -122,10 +116,11 @@ def test_evaluating_after_a_move_uses_the_moved_buffers(compiled):
     assert out.device.type == "meta" and out.shape == (3, 2)
     module = compiled.module("real")
     torch.testing.assert_close(module(pos), expected(pos))
-    stale_views = module._backend_layers["torch"]
-    module.load_state_dict(compiled.module("real").state_dict(), assign=True)
+    replaced = {name: t.clone() for name, t in compiled.module("real").state_dict().items()}
+    module.load_state_dict(replaced, assign=True)
+    layers, _ = module.torch_layers()
+    assert layers[0].segment.data_ptr() == replaced["torch_segment"].data_ptr()
     torch.testing.assert_close(module(pos), expected(pos))
-    assert module._backend_layers["torch"] is not stale_views
 
 
 def test_errors(compiled, tmp_path):
@@ -339,8 +334,10 @@ def test_log1mexp_under_vmap_grad():
 def test_torch_path_gathers_with_int64_ids(compiled):
     """index_select's CPU backward (an index_add) is several times slower with int32 ids at
     batch 1: the PyTorch path's layers carry int64 child ids, built once."""
-    layers = compiled.module("log", backend="torch")._layers_for("torch")
-    assert all(layer.child.dtype == torch.int64 for layer in layers)
+    layers, roots = compiled.module("log", backend="torch").torch_layers()
+    indices = [index for layer in layers for _, index in layer.gather.parts]
+    indices += [index for _, index in roots.parts]
+    assert indices and all(index.dtype == torch.int64 for index in indices)
     assert all(layer.segment.dtype == torch.int64 for layer in layers)
 
 

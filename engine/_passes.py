@@ -1,0 +1,553 @@
+"""The compiler's node loops, compiled with numba.
+
+Each pass walks the nodes once in topological order (children before parents), so its cost is
+linear in the circuit (plus a sort per node of its children), whatever the circuit's depth: a
+pass per height level in numpy costs a fixed overhead per level, which a 200,000-deep chain
+cannot afford. The loops are compiled once and cached on disk (``cache=True``).
+
+Node ids of the DAG these passes build: ``0`` false, ``1`` true, ``2..V+1`` the literals
+``+1..+V``, ``V+2..2V+1`` the literals ``-1..-V``, and with smoothing ``2V+2..3V+1`` the
+tautologies ``v OR -v`` (leaves: the module computes them from the literal weights); internal
+nodes (AND/OR) from ``num_leaves`` on, each created after its children.
+
+Variable sets (for smoothing) are sorted lists of disjoint, non-adjacent intervals of
+*positions*: the free variables are numbered in the order a depth-first walk from the roots
+first meets them, so the variables below a node tend to be contiguous and a node's set is a
+few intervals, not a ``V``-bit bitset. A smoothing gap (the variables an OR child misses) is
+covered by the canonical nodes of a segment tree over the positions, each one shared AND of
+tautology leaves ("gadget") made on first use: an OR of ``n`` literals costs ``O(n log n)``
+edges instead of ``n^2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# IR node kinds (as in trilay.engine.circuit) and the DAG's internal kinds.
+FALSE, TRUE, LITERAL, AND, OR = 0, 1, 2, 3, 4
+ZERO, ONE = 0, 1  # the DAG's constant leaves
+
+_EMPTY = -1
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True)
+def _mix(x):
+    """splitmix64 finalizer."""
+    x = np.uint64(x)
+    x ^= x >> np.uint64(30)
+    x *= _MIX1
+    x ^= x >> np.uint64(27)
+    x *= _MIX2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@njit(cache=True)
+def _grow(a, need):
+    """``a`` itself if it holds ``need`` items, else a copy with at least twice the room."""
+    if need <= a.size:
+        return a
+    b = np.empty(max(need, 2 * a.size), a.dtype)
+    b[: a.size] = a
+    return b
+
+
+@njit(cache=True)
+def is_topological(start, children):
+    """Whether every child id is below its parent's id (the IR's creation order)."""
+    for node in range(start.size - 1):
+        for e in range(start[node], start[node + 1]):
+            if children[e] >= node or children[e] < 0:
+                return False
+    return True
+
+
+@njit(cache=True)
+def reachable(start, children, roots, n):
+    """``[n]`` bool: the nodes some root reaches (ids topological: one reverse sweep)."""
+    seen = np.zeros(n, np.bool_)
+    for r in roots:
+        seen[r] = True
+    for node in range(n - 1, -1, -1):
+        if seen[node]:
+            for e in range(start[node], start[node + 1]):
+                seen[children[e]] = True
+    return seen
+
+
+@njit(cache=True)
+def variable_positions(kind, lit, start, children, roots, free):
+    """``pos[v]``: the position of free variable ``v`` in the order a depth-first walk from the
+    roots (children in stored order) first meets its literals; free variables it never meets
+    follow in id order; ``-1`` for variables that are not free. Returns ``(pos, count)``."""
+    num_vars = free.size - 1
+    pos = np.full(num_vars + 1, -1, np.int64)
+    count = 0
+    seen = np.zeros(kind.size, np.bool_)
+    stack = np.empty(max(kind.size, 1), np.int64)
+    for r in roots:
+        if seen[r]:
+            continue
+        top = 0
+        stack[0] = r
+        seen[r] = True
+        while top >= 0:
+            node = stack[top]
+            top -= 1
+            if kind[node] == LITERAL:
+                v = abs(lit[node])
+                if free[v] and pos[v] < 0:
+                    pos[v] = count
+                    count += 1
+            # Reverse push: the first child is walked first.
+            for e in range(start[node + 1] - 1, start[node] - 1, -1):
+                c = children[e]
+                if not seen[c]:
+                    seen[c] = True
+                    top += 1
+                    stack[top] = c
+    for v in range(1, num_vars + 1):
+        if free[v] and pos[v] < 0:
+            pos[v] = count
+            count += 1
+    return pos, count
+
+
+@njit(cache=True)
+def _union(idx, k, vstart, vlo, vhi, scratch_lo, scratch_hi):
+    """Merge the variable sets of nodes ``idx[:k]`` into ``scratch_lo/hi``; returns
+    ``(count, scratch_lo, scratch_hi)`` (the scratch arrays may have been grown)."""
+    total = 0
+    for j in range(k):
+        total += vstart[idx[j] + 1] - vstart[idx[j]]
+    scratch_lo = _grow(scratch_lo, total)
+    scratch_hi = _grow(scratch_hi, total)
+    if total == 0:
+        return 0, scratch_lo, scratch_hi
+    los = np.empty(total, np.int64)
+    his = np.empty(total, np.int64)
+    at = 0
+    for j in range(k):
+        for s in range(vstart[idx[j]], vstart[idx[j] + 1]):
+            los[at] = vlo[s]
+            his[at] = vhi[s]
+            at += 1
+    order = np.argsort(los, kind="mergesort")
+    count = 0
+    cur_lo = los[order[0]]
+    cur_hi = his[order[0]]
+    for t in range(1, total):
+        lo_t = los[order[t]]
+        hi_t = his[order[t]]
+        if lo_t <= cur_hi + 1:
+            if hi_t > cur_hi:
+                cur_hi = hi_t
+        else:
+            scratch_lo[count] = cur_lo
+            scratch_hi[count] = cur_hi
+            count += 1
+            cur_lo = lo_t
+            cur_hi = hi_t
+    scratch_lo[count] = cur_lo
+    scratch_hi[count] = cur_hi
+    count += 1
+    return count, scratch_lo, scratch_hi
+
+
+@njit(cache=True)
+def _difference(a_lo, a_hi, na, node, vstart, vlo, vhi, out_lo, out_hi):
+    """The intervals of ``a[:na]`` minus ``node``'s set (a subset of ``a``) into ``out``;
+    returns ``(count, out_lo, out_hi)``."""
+    out_lo = _grow(out_lo, na + (vstart[node + 1] - vstart[node]))
+    out_hi = _grow(out_hi, out_lo.size)
+    count = 0
+    s = vstart[node]
+    s_end = vstart[node + 1]
+    for i in range(na):
+        lo = a_lo[i]
+        hi = a_hi[i]
+        while s < s_end and vhi[s] < lo:
+            s += 1
+        cur = lo
+        while s < s_end and vlo[s] <= hi:
+            if vlo[s] > cur:
+                out_lo[count] = cur
+                out_hi[count] = vlo[s] - 1
+                count += 1
+            cur = vhi[s] + 1
+            s += 1
+        if cur <= hi:
+            out_lo[count] = cur
+            out_hi[count] = hi
+            count += 1
+    return count, out_lo, out_hi
+
+
+@njit(cache=True)
+def _hash_node(kind, kids, k):
+    h = _mix(np.uint64(kind) * np.uint64(131) + np.uint64(k))
+    for j in range(k):
+        h = _mix(h ^ (np.uint64(kids[j]) + np.uint64(0x9E3779B97F4A7C15)))
+    return h
+
+
+@njit(cache=True)
+def build_dag(
+    kind, lit, start, children, order, roots, num_vars, leaf_of_literal, smooth, pos, num_pos
+):
+    """Simplify, smooth and hash-cons the IR in one bottom-up walk.
+
+    ``order``: the IR nodes to build, children before parents (the reachable ones).
+    ``leaf_of_literal[i]`` for an IR literal ``i``: its leaf (a fixed literal's constant).
+    ``pos[v]``/``num_pos``: free variables' positions (see :func:`variable_positions`).
+
+    Constant folding: an AND with a false child is false, true children drop out (an OR
+    likewise with true/false swapped); no children gives the identity, one child the child.
+    Children are sorted, so equal nodes (same kind, same multiset of children) are one node.
+    With ``smooth``, each OR child that misses some of the OR's variables becomes
+    ``AND(child, gadgets)`` (an AND child's own children spliced in), and each root that is not
+    false likewise for every free variable it misses.
+
+    Returns ``(dag_kind, dag_start, dag_children, root_ids)``: kinds and CSR of every DAG node
+    (leaves have no children).
+    """
+    num_leaves = 2 * num_vars + 2 + (num_vars if smooth else 0)
+    cap = max(16, 2 * num_leaves + 2 * order.size)
+    dkind = np.empty(cap, np.int64)
+    dstart = np.zeros(cap + 1, np.int64)
+    dkids = np.empty(max(16, 2 * children.size), np.int64)
+    dkind[:num_leaves] = LITERAL
+    dkind[ZERO] = FALSE
+    dkind[ONE] = TRUE
+    table_size = 64
+    while table_size < 4 * order.size:
+        table_size *= 2
+    # Variable sets, smoothing only (leaves first): intervals vlo/vhi[vstart[i]:vstart[i+1]].
+    vstart = np.zeros(cap + 1, np.int64)
+    vlo = np.empty(max(16, 3 * num_vars), np.int64)
+    vhi = np.empty(vlo.size, np.int64)
+    nv = 0
+    if smooth:
+        for leaf in range(num_leaves):
+            vstart[leaf] = nv
+            v = 0
+            if 2 <= leaf < 2 * num_vars + 2:
+                v = (leaf - 2) % num_vars + 1
+            elif leaf >= 2 * num_vars + 2:
+                v = leaf - 2 * num_vars - 1
+            if v > 0 and pos[v] >= 0:
+                vlo[nv] = pos[v]
+                vhi[nv] = pos[v]
+                nv += 1
+        vstart[num_leaves] = nv
+    state = (
+        dkind,
+        dstart,
+        dkids,
+        np.full(table_size, _EMPTY, np.int64),
+        vstart,
+        vlo,
+        vhi,
+        np.array([num_leaves, nv]),
+    )
+
+    var_at = np.empty(max(num_pos, 1), np.int64)
+    for v in range(1, num_vars + 1):
+        if pos[v] >= 0:
+            var_at[pos[v]] = v
+    seg_size = 1
+    while seg_size < num_pos:
+        seg_size *= 2
+    gadget = np.full(2 * seg_size, -1, np.int64)  # heap node -> its shared AND, made on use
+
+    canon = np.full(kind.size, -1, np.int64)
+    kids = np.empty(64, np.int64)
+    u_lo = np.empty(64, np.int64)
+    u_hi = np.empty(64, np.int64)
+    m_lo = np.empty(64, np.int64)
+    m_hi = np.empty(64, np.int64)
+    for node in order:
+        k = kind[node]
+        if k == LITERAL:
+            canon[node] = leaf_of_literal[node]
+            continue
+        if k == TRUE or k == FALSE:
+            canon[node] = ONE if k == TRUE else ZERO
+            continue
+        absorbing = ZERO if k == AND else ONE
+        identity = ONE if k == AND else ZERO
+        kids = _grow(kids, start[node + 1] - start[node])
+        kept = 0
+        absorbed = False
+        for e in range(start[node], start[node + 1]):
+            c = canon[children[e]]
+            if c == absorbing:
+                absorbed = True
+                break
+            if c != identity:
+                kids[kept] = c
+                kept += 1
+        if absorbed or kept == 0:
+            canon[node] = absorbing if absorbed else identity
+            continue
+        if kept == 1:
+            canon[node] = kids[0]
+            continue
+        if smooth and k == OR:
+            count, u_lo, u_hi = _union(kids, kept, state[4], state[5], state[6], u_lo, u_hi)
+            for j in range(kept):
+                nm, m_lo, m_hi = _difference(
+                    u_lo, u_hi, count, kids[j], state[4], state[5], state[6], m_lo, m_hi
+                )
+                if nm:
+                    kids[j], state = _smoothed(
+                        kids[j], m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
+                    )
+        canon[node], state = _intern(k, kids, kept, state, smooth)
+
+    root_ids = np.empty(roots.size, np.int64)
+    for i in range(roots.size):
+        root_ids[i] = canon[roots[i]]
+    if smooth and num_pos > 0:
+        all_lo = np.zeros(1, np.int64)
+        all_hi = np.full(1, num_pos - 1, np.int64)
+        for i in range(roots.size):
+            if root_ids[i] == ZERO:
+                continue  # a false root has no models to smooth
+            nm, m_lo, m_hi = _difference(
+                all_lo, all_hi, 1, root_ids[i], state[4], state[5], state[6], m_lo, m_hi
+            )
+            if nm:
+                root_ids[i], state = _smoothed(
+                    root_ids[i], m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
+                )
+    size = state[7][0]
+    dstart = state[1]
+    return state[0][:size], dstart[: size + 1], state[2][: dstart[size]], root_ids
+
+
+@njit(cache=True)
+def _smoothed(c, m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars):
+    """``AND(c, T)``, ``T`` the tautologies of the positions ``m``: ``c``'s own children are
+    spliced in when it is an AND (an AND directly under an AND would cost a layer); ``c`` true
+    contributes nothing. Returns ``(node, state)``.
+
+    ``T`` is whichever is cheaper of: the canonical nodes of the segment tree over positions
+    covering ``m`` (a single position is its tautology leaf, a wider node a shared gadget, the
+    AND of its positions' tautology leaves, made on first use), ``p = O(log V)`` edges; or,
+    when ``m`` has at most ``2p`` positions, one AND of ``m``'s tautology leaves, shared (by
+    hash-consing) by every place that misses the same set, one edge each. Each smoothed edge
+    then costs ``O(log V)`` edges, and a set missed in many places costs one edge a place.
+    """
+    heap = np.empty(64, np.int64)
+    n_pieces = 0
+    width_total = 0
+    for i in range(nm):
+        width_total += m_hi[i] - m_lo[i] + 1
+        lo = m_lo[i] + seg_size
+        hi = m_hi[i] + seg_size + 1
+        while lo < hi:
+            if lo & 1:
+                heap = _grow(heap, n_pieces + 1)
+                heap[n_pieces] = lo
+                n_pieces += 1
+                lo += 1
+            if hi & 1:
+                hi -= 1
+                heap = _grow(heap, n_pieces + 1)
+                heap[n_pieces] = hi
+                n_pieces += 1
+            lo >>= 1
+            hi >>= 1
+    if width_total <= 2 * n_pieces:
+        leaves = np.empty(width_total, np.int64)
+        at = 0
+        for i in range(nm):
+            for q in range(m_lo[i], m_hi[i] + 1):
+                leaves[at] = 2 * num_vars + 1 + var_at[q]
+                at += 1
+        n_pieces = 1
+        if width_total == 1:
+            heap[0] = leaves[0]
+        else:
+            heap[0], state = _intern(AND, leaves, width_total, state, True)
+    else:
+        for p in range(n_pieces):
+            h = heap[p]
+            if h >= seg_size:
+                heap[p] = 2 * num_vars + 1 + var_at[h - seg_size]
+                continue
+            if gadget[h] < 0:
+                first, width = h, 1  # the positions under heap node h: [first, first + width)
+                while first < seg_size:
+                    first *= 2
+                    width *= 2
+                leaves = np.empty(width, np.int64)
+                for j in range(width):
+                    leaves[j] = 2 * num_vars + 1 + var_at[first - seg_size + j]
+                gadget[h], state = _intern(AND, leaves, width, state, True)
+            heap[p] = gadget[h]
+    dkind, dstart, dkids = state[0], state[1], state[2]
+    own = 0
+    if c != ONE:
+        own = dstart[c + 1] - dstart[c] if dkind[c] == AND else 1
+    kids = np.empty(own + n_pieces, np.int64)
+    if own == 1 and dkind[c] != AND:
+        kids[0] = c
+    elif own:
+        kids[:own] = dkids[dstart[c] : dstart[c] + own]
+    kids[own:] = heap[:n_pieces]
+    if own + n_pieces == 1:
+        return kids[0], state
+    return _intern(AND, kids, own + n_pieces, state, True)
+
+
+@njit(cache=True)
+def _intern(k, kids, n, state, with_sets):
+    """The node ``(k, sorted kids[:n])``: an existing equal node, or a new one (whose variable
+    set is the union of its children's when ``with_sets``). Returns ``(node, state)``."""
+    dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
+    sorted_kids = np.sort(kids[:n])
+    mask = table.size - 1
+    slot = np.int64(_hash_node(k, sorted_kids, n) & np.uint64(mask))
+    while table[slot] != _EMPTY:
+        cand = table[slot]
+        base = dstart[cand]
+        if dkind[cand] == k and dstart[cand + 1] - base == n:
+            same = True
+            for j in range(n):
+                if dkids[base + j] != sorted_kids[j]:
+                    same = False
+                    break
+            if same:
+                return cand, state
+        slot = (slot + 1) & mask
+    node = sizes[0]
+    dkind = _grow(dkind, node + 1)
+    dstart = _grow(dstart, node + 2)
+    dkids = _grow(dkids, dstart[node] + n)
+    dkind[node] = k
+    dkids[dstart[node] : dstart[node] + n] = sorted_kids
+    dstart[node + 1] = dstart[node] + n
+    sizes[0] = node + 1
+    table[slot] = node
+    if 2 * sizes[0] > table.size:
+        table = _rehash(table, dkind, dstart, dkids)
+    if with_sets:
+        vstart = _grow(vstart, node + 2)
+        count, lo, hi = _union(
+            sorted_kids, n, vstart, vlo, vhi, np.empty(0, np.int64), np.empty(0, np.int64)
+        )
+        nv = sizes[1]
+        vlo = _grow(vlo, nv + count)
+        vhi = _grow(vhi, nv + count)
+        vlo[nv : nv + count] = lo[:count]
+        vhi[nv : nv + count] = hi[:count]
+        sizes[1] = nv + count
+        vstart[node + 1] = nv + count
+    return node, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+
+
+@njit(cache=True)
+def _rehash(table, dkind, dstart, dkids):
+    bigger = np.full(2 * table.size, _EMPTY, np.int64)
+    mask = bigger.size - 1
+    for slot in range(table.size):
+        node = table[slot]
+        if node == _EMPTY:
+            continue
+        n = dstart[node + 1] - dstart[node]
+        s = np.int64(
+            _hash_node(dkind[node], dkids[dstart[node] : dstart[node] + n], n) & np.uint64(mask)
+        )
+        while bigger[s] != _EMPTY:
+            s = (s + 1) & mask
+        bigger[s] = node
+    return bigger
+
+
+@njit(cache=True)
+def layer_of(dkind, dstart, dkids, size, num_leaves, alive):
+    """Each live internal node's layer: AND nodes at odd layers, OR nodes at even ones, each
+    the lowest such layer above all of its children (leaves are layer 0); ``-1`` elsewhere."""
+    layer = np.full(size, -1, np.int64)
+    layer[:num_leaves] = 0
+    for node in range(num_leaves, size):
+        if not alive[node]:
+            continue
+        top = 0
+        for e in range(dstart[node], dstart[node + 1]):
+            c = layer[dkids[e]]
+            if c > top:
+                top = c
+        nxt = top + 1
+        want_odd = dkind[node] == AND
+        if (nxt % 2 == 1) != want_odd:
+            nxt += 1
+        layer[node] = nxt
+    return layer
+
+
+@njit(cache=True)
+def assign_rows(dstart, dkids, layer, num_leaves, num_layers):
+    """Rows of the live internal nodes: layer by layer, and within a layer ordered by their
+    lowest child's row (neighbours then read neighbouring rows). Returns ``(row, node_at,
+    row_start)``: ``row[node]`` (``-1`` for dead nodes), the node of each row, and each
+    layer's first row (``row_start[k]`` for ``k`` in ``0..num_layers + 1``)."""
+    size = layer.size
+    counts = np.zeros(num_layers + 2, np.int64)
+    for node in range(size):
+        if layer[node] >= 0:
+            counts[layer[node] + 1] += 1
+    row_start = np.cumsum(counts)
+    by_layer = np.empty(row_start[-1], np.int64)
+    fill = row_start[:-1].copy()
+    for node in range(size):
+        if layer[node] >= 0:
+            by_layer[fill[layer[node]]] = node
+            fill[layer[node]] += 1
+    row = np.full(size, -1, np.int64)
+    node_at = np.empty(row_start[-1], np.int64)
+    for leaf in range(num_leaves):
+        row[leaf] = leaf
+        node_at[leaf] = leaf
+    for k in range(1, num_layers + 1):
+        lo, hi = row_start[k], row_start[k + 1]
+        key = np.empty(hi - lo, np.int64)
+        for i in range(lo, hi):
+            node = by_layer[i]
+            best = size
+            for e in range(dstart[node], dstart[node + 1]):
+                r = row[dkids[e]]
+                if r < best:
+                    best = r
+            key[i - lo] = best
+        order = np.argsort(key, kind="mergesort")
+        for j in range(hi - lo):
+            node = by_layer[lo + order[j]]
+            row[node] = lo + j
+            node_at[lo + j] = node
+    return row, node_at, row_start
+
+
+@njit(cache=True)
+def row_csr(dstart, dkids, row, node_at, num_leaves):
+    """``(child, offsets)``: the internal rows' children as rows, ascending within a node,
+    edges in row order."""
+    num_rows = node_at.size
+    offsets = np.zeros(num_rows - num_leaves + 1, np.int64)
+    for r in range(num_leaves, num_rows):
+        node = node_at[r]
+        offsets[r - num_leaves + 1] = offsets[r - num_leaves] + dstart[node + 1] - dstart[node]
+    child = np.empty(offsets[-1], np.int64)
+    for r in range(num_leaves, num_rows):
+        node = node_at[r]
+        at = offsets[r - num_leaves]
+        n = dstart[node + 1] - dstart[node]
+        for j in range(n):
+            child[at + j] = row[dkids[dstart[node] + j]]
+        child[at : at + n] = np.sort(child[at : at + n])
+    return child, offsets

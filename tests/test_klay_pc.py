@@ -8,9 +8,9 @@ Oracles, written here:
 - ``Oracle``: enumerate all ``2^V`` assignments ``x``, evaluate the weighted circuit at the
   indicators of ``x`` node by node (``C_w(x)``; OR nodes mix their children with
   ``softmax(weights[edges of the node])``) and sum ``prod_v p_v(x_v) * C_w(x)``; autograd
-  through it gives the weight gradients. It walks the layers the engine compiles the circuit
-  to (the OR nodes a probabilistic circuit weighs are the compiled circuit's, as in KLay),
-  with the module's documented edge order, and nothing of the module's own evaluation;
+  through it gives the weight gradients. It walks KLay's layers of the circuit
+  (``Circuit._get_indices()``, which equal klaycircuits' own: tests/test_klay.py), with the
+  module's documented edge order, and nothing of the module's own evaluation;
 - the exact distribution ``P(x) ∝ prod_v p_v(x_v) * C_w(x)`` for sampling, compared with a
   chi-square test whose power is shown on perturbed distributions.
 """
@@ -25,7 +25,6 @@ import pytest
 import torch
 from scipy.stats import chi2
 from test_klay import DATA, Circuit, Definition, build, naive, random_inputs
-from trilay.engine import Circuit as EngineCircuit
 from trilay.engine.errors import CircuitError, SemiringError, ShapeError
 
 # KLay's modules use torch.jit.script_method, deprecated in torch 2.13.
@@ -73,46 +72,22 @@ def random_decomposable(seed: int, num_vars: int, depth: int = 4, num_roots: int
     return d
 
 
-class _EngineBuilder:
-    """KLay's node API onto trilay's engine circuit (what the frontend builds, call for call)."""
-
-    def __init__(self):
-        self.ir = EngineCircuit()
-
-    def literal_node(self, lit):
-        return self.ir.literal(lit)
-
-    def true_node(self):
-        return self.ir.true()
-
-    def false_node(self):
-        return self.ir.false()
-
-    def and_node(self, children):
-        return self.ir.conjoin(children)
-
-    def or_node(self, children):
-        return self.ir.disjoin(children)
-
-    def set_root(self, node):
-        self.ir.add_root(node)
-
-
 class Oracle:
     """Brute-force enumeration of a probabilistic circuit (see the module docstring)."""
 
     def __init__(self, d: Definition):
-        builder = build(d, _EngineBuilder())
-        compiled = builder.ir.compile(smooth=False)
+        ixs_in, ixs_out = build(d, Circuit())._get_indices()
         self.num_vars = v = d.num_vars
+        # KLay's layers: AND layers first, then alternating (Circuit._get_indices).
         self.layers = [
-            (layer.kind, layer.child.tolist(), layer.offsets.tolist()) for layer in compiled.layers
+            ("and" if k % 2 == 0 else "or", child.tolist(), offsets.tolist())
+            for k, (child, offsets) in enumerate(zip(ixs_in, ixs_out, strict=True))
         ]
         self.assignments = torch.tensor(list(itertools.product([0, 1], repeat=v)), dtype=torch.bool)
-        x = self.assignments.double()
-        self.leaves = torch.cat([torch.zeros(1, len(x)), torch.ones(1, len(x)), x.t(), 1 - x.t()])
+        x = self.assignments.double().t()
+        self.leaves = input_row(x, 1 - x)
         # The edge order the module documents: OR nodes with two or more children, layer by
-        # layer, node by node, each node's edges in CSR order.
+        # layer, node by node, each node's edges in order.
         self.or_fan_ins = [
             offsets[i + 1] - offsets[i]
             for kind, _, offsets in self.layers
@@ -122,19 +97,14 @@ class Oracle:
         ]
         self.num_edges = sum(self.or_fan_ins)
 
-    def circuit_at_indicators(self, weights: torch.Tensor) -> torch.Tensor:
-        """``C_w(x)`` for every assignment: ``[2^V, roots]``."""
-        return self.circuit_at(weights, self.leaves.to(weights.dtype))
-
-    def circuit_at(self, weights: torch.Tensor, leaves: torch.Tensor) -> torch.Tensor:
-        """The weighted circuit, node by node, at the layer-0 rows ``leaves: [2V + 2, n]``
-        (false, true, ``+1..+V``, ``-1..-V``): ``[n, roots]``."""
-        rows = list(leaves)
+    def node_values(self, weights: torch.Tensor, leaves: torch.Tensor) -> list[list]:
+        """Every layer's node values of the weighted circuit at the input row ``leaves``."""
+        values = [list(leaves)]
         edge = 0
         for kind, child, offsets in self.layers:
             out = []
             for i in range(len(offsets) - 1):
-                kids = [rows[c] for c in child[offsets[i] : offsets[i + 1]]]
+                kids = [values[-1][c] for c in child[offsets[i] : offsets[i + 1]]]
                 if kind == "and":
                     out.append(math.prod(kids))
                 elif len(kids) == 1:
@@ -143,9 +113,18 @@ class Oracle:
                     mix = torch.softmax(weights[edge : edge + len(kids)], dim=0)
                     out.append(sum(m * k for m, k in zip(mix, kids, strict=True)))
                     edge += len(kids)
-            rows = out
+            values.append(out)
         assert edge == weights.numel()
-        return torch.stack(rows, dim=-1)
+        return values
+
+    def circuit_at_indicators(self, weights: torch.Tensor) -> torch.Tensor:
+        """``C_w(x)`` for every assignment: ``[2^V, roots]``."""
+        return self.circuit_at(weights, self.leaves.to(weights.dtype))
+
+    def circuit_at(self, weights: torch.Tensor, leaves: torch.Tensor) -> torch.Tensor:
+        """The weighted circuit at KLay's input row ``leaves: [2V + 2, n]`` (false, true,
+        ``+1, -1, +2, -2, ...``): ``[n, roots]``."""
+        return torch.stack(self.node_values(weights, leaves)[-1], dim=-1)
 
     def joint(self, weights, probs) -> torch.Tensor:
         """``prod_v p_v(x_v) * C_w(x)``: ``probs [..., V]`` -> ``[..., 2^V, roots]``."""
@@ -155,6 +134,13 @@ class Oracle:
 
     def value(self, weights, probs) -> torch.Tensor:
         return self.joint(weights, probs).sum(-2)
+
+
+def input_row(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """KLay's input row of ``pos, neg: [V, n]``: ``[2V + 2, n]``, false, true, then ``+v, -v``
+    for each variable."""
+    literals = torch.stack([pos, neg], dim=1).reshape(-1, pos.shape[1])
+    return torch.cat([torch.zeros(1, pos.shape[1]), torch.ones(1, pos.shape[1]), literals])
 
 
 def pc_and_oracle(d: Definition, semiring: str, seed: int = 0):
@@ -232,7 +218,7 @@ def test_value_with_explicit_negative_weights():
     d = random_decomposable(30, num_vars=4)
     pc, oracle = pc_and_oracle(d, "real", 3)
     p, q = random_inputs((3, 4), "real", 1), random_inputs((3, 4), "real", 2)
-    leaves = torch.cat([torch.zeros(1, 3), torch.ones(1, 3), p.t(), q.t()]).double()
+    leaves = input_row(p.t(), q.t()).double()
     torch.testing.assert_close(pc(p, q), oracle.circuit_at(pc.weights.detach(), leaves))
     log_pc = build(d, Circuit()).to_torch_module("log", probabilistic=True).double()
     log_pc.load_state_dict(pc.state_dict())

@@ -80,8 +80,9 @@ from KLay 0.1.2 (each checked against klaycircuits 0.1.2 in tests/test_klay*.py)
   positive); KLay's ``sample()`` draws one assignment, picks each OR child by its edge weight
   alone (ignoring the children's values), ignores the literal weights, and leaves variables a
   branch does not mention false. In ``condition`` / ``to_pc`` an OR node whose children are all
-  0 keeps its weights / gets uniform ones (KLay: NaN weights, which make every output NaN), and
-  evidence of probability 0 is a ``CircuitError``.
+  0 keeps its weights / gets uniform ones (KLay sets their raw weights to ``-inf``: uniform
+  in its ``real`` semiring, NaN outputs in ``log``), and evidence of probability 0 is a
+  ``CircuitError``.
 - The structural checks name the child that breaks a property (KLay's smoothness detail always
   says ``child 1``) and list a scope's variables by their numbers (KLay's lists only variables
   ``1..n_vars_found``); ``node_hash`` is the node's id in its circuit (KLay: its Merkle hash),

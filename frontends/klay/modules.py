@@ -320,7 +320,8 @@ class CircuitModule(torch.nn.Module):
 
         Args:
             x_pos, x_neg: ``[V']`` literal weights (one weight vector; integer and bool
-                tensors are read as such values).
+                tensors are read as such values). The new module's weights take ``x_pos``'s
+                floating dtype (or the default dtype) and device.
 
         Raises:
             SemiringError: the semiring is not ``real`` or ``log``.
@@ -328,21 +329,22 @@ class CircuitModule(torch.nn.Module):
             CircuitError: every root has value 0 at these weights.
         """
         check_semiring(self.semiring, probabilistic=True)
+        dtype = x_pos.dtype if _is_float(x_pos) else torch.get_default_dtype()
+        pos, neg = self._evidence(x_pos, x_neg, dtype)
         pc = ProbabilisticCircuitModule(
             self._layout.ixs_in,
             self._layout.ixs_out,
             self.semiring,
             num_vars=self.num_vars,
             **self._options,
-        ).to(self.circuit.device if hasattr(self.circuit, "device") else "cpu")
-        pos, neg = self._evidence(x_pos, x_neg, pc.weights.dtype)
+        ).to(device=pos.device, dtype=dtype)
         ir, nodes = _layout_circuit(self._layout)
         edges = _or_edges(self._layout)
-        values = _values(ir, nodes[-1] + [nodes[k][c] for k, c in edges], self, pos, neg)
-        roots, log_child = values[: len(nodes[-1])], values[len(nodes[-1]) :]
-        _check_possible(roots, self._semiring)
-        log_child = log_child if self._semiring.log_space else torch.log(log_child)
         with torch.no_grad():
+            values = _values(ir, nodes[-1] + [nodes[k][c] for k, c in edges], self, pos, neg)
+            roots, log_child = values[: len(nodes[-1])], values[len(nodes[-1]) :]
+            _check_possible(roots, self._semiring)
+            log_child = log_child if self._semiring.log_space else torch.log(log_child)
             pc.weights.copy_(_unless_dead(log_child, pc.edge_node, pc.num_sum_nodes, 0.0))
         return pc
 
@@ -375,6 +377,10 @@ class CircuitModule(torch.nn.Module):
                 f"variable), got {list(x.shape)}"
             )
         return x[..., : self.num_vars]
+
+
+def _is_float(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
 
 
 def _as_values(x, name: str, dtype: torch.dtype) -> torch.Tensor:

@@ -604,6 +604,30 @@ def test_structural_checks_equal_klays(klay, seed):
             ]
 
 
+@pytest.mark.parametrize("semiring", KLAY_SEMIRINGS)
+def test_module_attributes_equal_klays(klay, semiring):
+    """KLay's module attributes: the semiring's name, zero and one, the layers' index arrays
+    and shapes, ``sparsity``, ``encode_input``, ``negate``, ``is_probabilistic``."""
+    d = random_dag(20, num_vars=4, num_internal=20, num_roots=2)
+    probabilistic = (False, True) if semiring in ("real", "log") else (False,)
+    for pc in probabilistic:
+        mine = build(d, Circuit()).to_torch_module(semiring, probabilistic=pc)
+        ref = klay_module(build(d, klay.Circuit()), semiring, probabilistic=pc)
+        assert (mine.semiring, mine.zero, mine.one) == (ref.semiring, ref.zero, ref.one)
+        assert mine.is_probabilistic() == ref.is_probabilistic() == pc
+        assert len(mine.layers) == len(ref.layers)
+        for ours, theirs in zip(mine.layers, ref.layers, strict=True):
+            for name in ("ix_in", "offsets", "ix_out"):
+                assert torch.equal(getattr(ours, name), getattr(theirs, name))
+            assert (ours.in_shape, ours.out_shape) == (theirs.in_shape, theirs.out_shape)
+        assert mine.sparsity(4) == pytest.approx(ref.sparsity(4))
+    for shape in [(4,), (3, 4)]:
+        x, y = random_inputs(shape, semiring, 0), random_inputs(shape, semiring, 1)
+        torch.testing.assert_close(mine.encode_input(x, y), ref.encode_input(x, y))
+        torch.testing.assert_close(mine.encode_input(x), ref.encode_input(x, None))
+        torch.testing.assert_close(mine.negate(x), ref.negate(x, 0))
+
+
 def test_to_torch_module_leaves_circuit_unchanged():
     d = random_dag(7, num_vars=4, num_internal=15, num_roots=2)
     c = build(d, Circuit())

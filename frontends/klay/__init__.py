@@ -91,15 +91,8 @@ from KLay 0.1.2 (each checked against klaycircuits 0.1.2 in tests/test_klay*.py)
   and the extension module ``klay.klay_ext``.
 """
 
-from .circuit import (
-    Circuit,
-    NodePtr,
-    SDNNFResult,
-    SDNNFViolation,
-    check_decomposability,
-    check_sdnnf,
-    check_smooth,
-)
+from .circuit import *  # noqa: F403  (KLay's top-level names: Circuit, NodePtr, the checks)
+from .circuit import __all__ as _klay_names
 from .modules import (
     SEMIRINGS,
     CircuitModule,
@@ -110,13 +103,7 @@ from .modules import (
 from .switch import install, installed, is_installed, uninstall
 
 __all__ = [
-    "Circuit",
-    "NodePtr",
-    "check_sdnnf",
-    "check_decomposability",
-    "check_smooth",
-    "SDNNFResult",
-    "SDNNFViolation",
+    *_klay_names,
     "CircuitModule",
     "ProbabilisticCircuitModule",
     "LayerView",

@@ -578,8 +578,8 @@ def _scope(bits: int) -> str:
     return "{" + ", ".join(variables) + "}"
 
 
-#: What KLay 0.1.2's top-level module ``klay`` exports.
-KLAY_NAMES = (
+#: KLay 0.1.2's top-level names (what the switch's ``klay`` module holds).
+__all__ = [
     "Circuit",
     "NodePtr",
     "check_sdnnf",
@@ -587,5 +587,4 @@ KLAY_NAMES = (
     "check_smooth",
     "SDNNFResult",
     "SDNNFViolation",
-)
-__all__ = [*KLAY_NAMES, "KLAY_NAMES", "MAX_VAR"]
+]

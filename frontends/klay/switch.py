@@ -78,7 +78,7 @@ def _modules() -> dict[str, types.ModuleType]:
         __all__=list(torch_members),
         **torch_members,
     )
-    klay_members = {name: getattr(circuit, name) for name in circuit.KLAY_NAMES}
+    klay_members = {name: getattr(circuit, name) for name in circuit.__all__}
     klay = _module(
         "klay",
         "trilay's KLay API (trilay.frontends.klay), installed by trilay.frontends.klay.install().",

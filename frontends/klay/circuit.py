@@ -26,9 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from trilay.engine.circuit import AND, FALSE, LITERAL, OR, TRUE
 from trilay.engine.errors import CircuitError
 from trilay.engine.io import read_nnf_file, read_sdd_file, sdd_node_arrays
+
+from .modules import CircuitModule, ProbabilisticCircuitModule, check_eps, check_semiring
 
 #: KLay stores a literal as ``(var << 1) + sign`` in a C ``int``: variables below 2**30.
 MAX_VAR = 2**30 - 1
@@ -184,7 +187,7 @@ class Circuit:
         eps: float = 0,
         compile: bool = False,
         **options,
-    ):
+    ) -> CircuitModule:
         """The circuit as a torch module: :class:`~trilay.frontends.klay.CircuitModule`, or
         with ``probabilistic=True`` a :class:`~trilay.frontends.klay.ProbabilisticCircuitModule`
         (learnable, normalized weights on the edges of every OR node).
@@ -204,10 +207,6 @@ class Circuit:
             SemiringError: an unknown semiring, or one probabilistic circuits do not support.
             CircuitError: the circuit has no root (set one with :meth:`set_root`).
         """
-        import torch
-
-        from .modules import CircuitModule, ProbabilisticCircuitModule, check_eps, check_semiring
-
         check_semiring(semiring, probabilistic)
         check_eps(eps, stacklevel=3)
         cls = ProbabilisticCircuitModule if probabilistic else CircuitModule

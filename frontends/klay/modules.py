@@ -230,7 +230,9 @@ class CircuitModule(torch.nn.Module):
 
     Raises:
         SemiringError: an unknown semiring.
-        CircuitError: malformed index arrays (see :meth:`_Layout.of`).
+        CircuitError: malformed index arrays (not one pair of 1-D integer arrays per layer,
+            offsets not ascending from 0, a child outside the layer below), or ``num_vars``
+            below a variable they read.
         ShapeError: ``x_pos`` has fewer than ``V`` columns, or ``x_neg`` another shape.
         DTypeError: not a tensor, or not a floating dtype.
     """

@@ -241,7 +241,17 @@ def klay_module(circuit, semiring: str, **kwargs):
 
 @pytest.fixture(scope="module")
 def klay():
-    return pytest.importorskip("klay", reason="klaycircuits is not installed: no KLay to compare")
+    return klaycircuits_012()
+
+
+def klaycircuits_012():
+    """KLay 0.1.2, what the parity tests and the documented differences are about (skips the
+    test without it)."""
+    module = pytest.importorskip("klay", reason="klaycircuits is not installed: no KLay to compare")
+    version = importlib.metadata.version("klaycircuits")
+    if version != "0.1.2":
+        pytest.skip(f"the parity tests are with klaycircuits 0.1.2, this is {version}")
+    return module
 
 
 # ---------------------------------------------------------------------------- parity: files
@@ -748,16 +758,9 @@ def test_input_errors():
 
 
 # ---------------------------------------------------------------------------- KLay's behaviour
-@pytest.fixture
-def klay_012(klay):
-    if importlib.metadata.version("klaycircuits") != "0.1.2":
-        pytest.skip("the documented differences are those of klaycircuits 0.1.2")
-    return klay
-
-
-def test_documented_differences_hold_for_klay_012(klay_012):
+def test_documented_differences_hold_for_klay_012(klay):
     """The module docstring's claims about KLay 0.1.2, checked against KLay itself."""
-    c = klay_012.Circuit()
+    c = klay.Circuit()
     a, b = c.literal_node(1), c.literal_node(2)
     x = c.and_node([a, b])
     c.set_root(c.or_node([x, c.literal_node(-1)]))
@@ -770,12 +773,12 @@ def test_documented_differences_hold_for_klay_012(klay_012):
     with pytest.raises(IndexError):  # [B1, B2, V]: KLay takes [V] or [B, V] only
         module(torch.rand(2, 3, 2))
     with pytest.raises(RuntimeError, match="no roots"):
-        d = klay_012.Circuit()
+        d = klay.Circuit()
         d.literal_node(1)
         d.to_torch_module(compile=False)
     # Fixing a literal true and false at once: KLay keeps "true", trilay refuses.
     manager, sdd = compile_cnf([[1, 2]], 2)
-    e = klay_012.Circuit()
+    e = klay.Circuit()
     e.add_sdd(sdd, true_lits=[1], false_lits=[1])
     torch.testing.assert_close(
         klay_module(e, "real")(torch.tensor([0.3, 0.6])), torch.tensor([1.0])
@@ -786,7 +789,7 @@ def test_documented_differences_hold_for_klay_012(klay_012):
         pc(torch.rand(3, 2))
     assert pc.sample().shape == (2,)
     # KLay weighs the edges of chain nodes too (their normalized weight is 1); trilay does not.
-    assert sum_layer_sizes(klay_module(chains(klay_012.Circuit()), "real", probabilistic=True)) == [
+    assert sum_layer_sizes(klay_module(chains(klay.Circuit()), "real", probabilistic=True)) == [
         3,
         2,
     ]
@@ -807,7 +810,7 @@ def sum_layer_sizes(pc) -> list[int]:
     return [layer.weights.numel() for layer in pc.layers[1::2]]
 
 
-def test_structural_check_details_differ_from_klay_012(klay_012):
+def test_structural_check_details_differ_from_klay_012(klay):
     """KLay's smoothness detail always names child 1 and lists only variables 1..n_vars_found;
     trilay names the child and its variables."""
     definition = Definition(12)
@@ -817,7 +820,7 @@ def test_structural_check_details_differ_from_klay_012(klay_012):
     definition.add("and", [0, 1])
     definition.add("or", [3, 3, 4])  # children over {2, 12}, {2, 12}, {2, 11}
     definition.roots = [5]
-    (theirs,) = klay_012.check_sdnnf(build(definition, klay_012.Circuit())).violations
+    (theirs,) = klay.check_sdnnf(build(definition, klay.Circuit())).violations
     (ours,) = check_sdnnf(build(definition, Circuit())).violations
     assert theirs.detail == "child 0 scope={2}, child 1 scope={2}, symmetric difference={}"
     assert ours.detail == (
@@ -827,7 +830,7 @@ def test_structural_check_details_differ_from_klay_012(klay_012):
     assert (theirs.ix, theirs.layer) == (ours.ix, ours.layer)
 
 
-def test_klay_max_gradient_at_ties_defect(klay_012, file_circuits):
+def test_klay_max_gradient_at_ties_defect(klay, file_circuits):
     """KLay's mpe/godel backward is torch.segment_reduce's, which does not split a negative
     upstream gradient between tied children (each gets all of it); trilay splits it evenly, as
     autograd through the naive evaluator (amax/amin) does."""

@@ -24,7 +24,7 @@ import random
 import pytest
 import torch
 from scipy.stats import chi2
-from test_klay import DATA, Circuit, Definition, build, naive, random_inputs
+from test_klay import DATA, Circuit, Definition, build, klaycircuits_012, naive, random_inputs
 from trilay.engine.errors import CircuitError, SemiringError, ShapeError
 
 # KLay's modules use torch.jit.script_method, deprecated in torch 2.13.
@@ -265,6 +265,11 @@ def klay_edge_weights(klay_pc) -> torch.Tensor:
     return torch.cat([ref.get_edge_weights()[e] for ref, e in layers if e is not None])
 
 
+@pytest.fixture
+def klay():
+    return klaycircuits_012()
+
+
 def test_klay_parity_at_equal_weights(klay):
     """KLay's probabilistic circuit with trilay's random edge weights, on benchmark circuits: the
     same values. KLay takes [V] inputs only here."""
@@ -281,11 +286,6 @@ def test_klay_parity_at_equal_weights(klay):
             scale = expected.abs().max().item()
             torch.testing.assert_close(mine(x), expected, rtol=1e-5, atol=1e-5 * scale)
             torch.testing.assert_close(klay_edge_weights(ref), mine.edge_weights())
-
-
-@pytest.fixture
-def klay():
-    return pytest.importorskip("klay", reason="klaycircuits is not installed")
 
 
 # ---------------------------------------------------------------------------- to_pc, condition

@@ -634,21 +634,21 @@ def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return index[:, None].expand_as(like)
 
 
-def _weighted_circuit(compiled: _Layout) -> tuple[_IR, np.ndarray, list[int]]:
+def _weighted_circuit(layout: _Layout) -> tuple[_IR, np.ndarray, list[int]]:
     """The layered circuit rebuilt with a weight variable on every edge of every OR node with
     two or more children: ``(circuit, edge_node, edge_child)``, edge ``e``'s variable
     ``V + 1 + e``, ``edge_node[e]`` its OR node (0-based, in build order) and ``edge_child[e]``
     the circuit's node of its child."""
-    num_vars = compiled.num_vars
+    num_vars = layout.num_vars
     ir = _IR()
-    # Layer 0's rows: false, true, +1..+V, -1..-V (see CompiledCircuit).
+    # Layer 0's rows: false, true, +1..+V, -1..-V (see _Layout).
     below = [ir.false(), ir.true()]
     below += [ir.literal(v) for v in range(1, num_vars + 1)]
     below += [ir.literal(-v) for v in range(1, num_vars + 1)]
     edge_node: list[int] = []
     edge_child: list[int] = []
     next_var = num_vars + 1
-    for layer in compiled.layers:
+    for layer in layout.layers:
         child, offsets = layer.child.tolist(), layer.offsets.tolist()
         nodes = []
         for i in range(len(offsets) - 1):

@@ -723,6 +723,8 @@ def test_construction_errors():
         c.set_root(foreign)
     with pytest.raises(CircuitError, match="not a node"):
         c.or_node([3])
+    with pytest.raises(CircuitError, match="list of NodePtr"):
+        c.and_node(c.literal_node(1))
     _, sdd = compile_cnf([[1, 2]], 2)
     with pytest.raises(CircuitError, match="both in true_lits and false_lits"):
         c.add_sdd(sdd, true_lits=[1], false_lits=[1])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,7 +111,7 @@ class Circuit:
 
     def set_root(self, root: NodePtr) -> None:
         """Make ``root`` the next output (outputs keep the order roots were set in)."""
-        self._roots.append(self._nodes([root])[0])
+        self._roots.append(self._check_node(root))
 
     def nb_nodes(self) -> int:
         """Number of nodes in the circuit, dummy nodes included (as KLay counts them)."""
@@ -285,6 +285,8 @@ class Circuit:
         return ptr.node
 
     def _nodes(self, ptrs: Sequence[NodePtr]) -> list[int]:
+        if isinstance(ptrs, NodePtr) or not isinstance(ptrs, Iterable):
+            raise CircuitError(f"children are a list of NodePtr, got {type(ptrs).__name__}")
         return [self._check_node(ptr) for ptr in ptrs]
 
     def _label(self, node: int) -> str:

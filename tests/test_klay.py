@@ -17,12 +17,14 @@ import random
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import torch
+import trilay.frontends.klay as klay_api
 from conftest import DATA, random_cnf
 from pysdd.sdd import SddManager, Vtree
 from trilay.engine.errors import CircuitError, DTypeError, SemiringError, ShapeError
-from trilay.frontends.klay import Circuit
+from trilay.frontends.klay import Circuit, check_decomposability, check_sdnnf, check_smooth
 
 # KLay's modules use torch.jit.script_method, deprecated in torch 2.13.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method`:DeprecationWarning")
@@ -74,20 +76,30 @@ def random_dag(
     return d
 
 
+def add_node(circuit, node: tuple, ptrs: list):
+    """Add definition node ``node`` (children: indices into ``ptrs``) with KLay's node API."""
+    kind = node[0]
+    if kind == "lit":
+        return circuit.literal_node(node[1])
+    if kind == "true":
+        return circuit.true_node()
+    if kind == "false":
+        return circuit.false_node()
+    make = circuit.and_node if kind == "and" else circuit.or_node
+    return make([ptrs[c] for c in node[1]])
+
+
+def node_pointers(d: Definition, circuit) -> list:
+    """Build ``d``'s nodes (not its roots) in ``circuit``; returns their pointers."""
+    ptrs: list = []
+    for node in d.nodes:
+        ptrs.append(add_node(circuit, node, ptrs))
+    return ptrs
+
+
 def build(d: Definition, circuit):
     """Build ``d`` with KLay's node API (trilay's or KLay's ``Circuit``); returns the circuit."""
-    ptrs = []
-    for node in d.nodes:
-        kind = node[0]
-        if kind == "lit":
-            ptrs.append(circuit.literal_node(node[1]))
-        elif kind == "true":
-            ptrs.append(circuit.true_node())
-        elif kind == "false":
-            ptrs.append(circuit.false_node())
-        else:
-            make = circuit.and_node if kind == "and" else circuit.or_node
-            ptrs.append(make([ptrs[c] for c in node[1]]))
+    ptrs = node_pointers(d, circuit)
     for r in d.roots:
         circuit.set_root(ptrs[r])
     return circuit
@@ -229,7 +241,17 @@ def klay_module(circuit, semiring: str, **kwargs):
 
 @pytest.fixture(scope="module")
 def klay():
-    return pytest.importorskip("klay", reason="klaycircuits is not installed: no KLay to compare")
+    return klaycircuits_012()
+
+
+def klaycircuits_012():
+    """KLay 0.1.2, what the parity tests and the documented differences are about (skips the
+    test without it)."""
+    module = pytest.importorskip("klay", reason="klaycircuits is not installed: no KLay to compare")
+    version = importlib.metadata.version("klaycircuits")
+    if version != "0.1.2":
+        pytest.skip(f"the parity tests are with klaycircuits 0.1.2, this is {version}")
+    return module
 
 
 # ---------------------------------------------------------------------------- parity: files
@@ -421,30 +443,213 @@ def test_d4_file_parity(klay, tmp_path, seed):
 
 
 # ---------------------------------------------------------------------------- API contract
-def test_node_api_counts_and_roots():
+def build_comparing(d: Definition, ours, theirs) -> tuple[list, list]:
+    """Build ``d`` with both circuits node by node, checking after each node that they count
+    the same nodes; returns both pointer lists."""
+    pointers = ([], [])
+    for node in d.nodes:
+        for circuit, ptrs in zip((ours, theirs), pointers, strict=True):
+            ptrs.append(add_node(circuit, node, ptrs))
+        assert ours.nb_nodes() == theirs.nb_nodes(), node
+    return pointers
+
+
+def same_indices(ours, theirs) -> bool:
+    (ins, outs), (their_ins, their_outs) = ours._get_indices(), theirs._get_indices()
+    pairs = list(zip(ins + outs, their_ins + their_outs, strict=True))
+    return len(ins) == len(their_ins) and all(np.array_equal(a, b) for a, b in pairs)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_node_semantics_equal_klays(klay, seed):
+    """Constant folding, merging of equal nodes (children in any order, repeats kept), dummy
+    nodes: after every node the same count as KLay 0.1.2, the same pointer identities and
+    layer indices, then the same layer index arrays (``_get_indices``); and the same after
+    ``remove_unused_nodes``."""
+    d = random_dag(300 + seed, num_vars=5, num_internal=25, num_roots=3)
+    ours, theirs = Circuit(), klay.Circuit()
+    mine, ref = build_comparing(d, ours, theirs)
+    n = len(d.nodes)
+    assert [[mine[i] == mine[j] for j in range(n)] for i in range(n)] == [
+        [ref[i] == ref[j] for j in range(n)] for i in range(n)
+    ]
+    assert [p.get_ix() for p in mine] == [p.get_ix() for p in ref]
+    for r in d.roots:
+        ours.set_root(mine[r])
+        theirs.set_root(ref[r])
+    pruned, their_pruned = Circuit(), klay.Circuit()
+    kept, their_kept = build_comparing(d, pruned, their_pruned)
+    for r in d.roots:
+        pruned.set_root(kept[r])
+        their_pruned.set_root(their_kept[r])
+    pruned.remove_unused_nodes()
+    their_pruned.remove_unused_nodes()
+    assert pruned.nb_nodes() == their_pruned.nb_nodes()
+    reached = [kept[r] for r in d.roots]
+    assert [p.get_ix() for p in reached] == [their_kept[r].get_ix() for r in d.roots]
+    assert same_indices(ours, theirs)  # last: KLay's _get_indices changes its circuit
+    assert same_indices(pruned, their_pruned)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_loaded_circuits_equal_klays(klay, name):
+    """The benchmark SDDs, from the file and from PySDD's node: the same node count and layer
+    index arrays as KLay's."""
+    vtree = Vtree.from_file(str(DATA / f"{name}.vtree").encode())
+    sdd = SddManager.from_vtree(vtree).read_sdd_file(str(DATA / f"{name}.sdd").encode())
+    for load in (
+        lambda c: c.add_sdd_from_file(str(DATA / f"{name}.sdd")),
+        lambda c: c.add_sdd(sdd, true_lits=[3], false_lits=[-5, 7]),
+    ):
+        ours, theirs = Circuit(), klay.Circuit()
+        load(ours)
+        load(theirs)
+        assert ours.nb_nodes() == theirs.nb_nodes()
+        assert same_indices(ours, theirs)
+
+
+def test_print_equals_klays(klay, capfd):
+    d = random_dag(7, num_vars=3, num_internal=8, num_roots=2)
+    ours, theirs = build(d, Circuit()), build(d, klay.Circuit())
+    theirs.print()
+    expected = capfd.readouterr().out
+    ours.print()
+    assert capfd.readouterr().out == expected and expected.count("--- next layer ---") > 1
+
+
+def test_node_pointers():
     c = Circuit()
-    a, a_again = c.literal_node(1), c.literal_node(1)
-    assert a == a_again and a.get_ix() == a_again.get_ix()  # literals are shared
-    t = c.true_node()
-    assert c.true_node() == t
-    x = c.and_node([a, c.literal_node(-2)])
-    c.or_node([x, t])
-    assert c.nb_nodes() == 5  # +1, true, -2, and, or
-    c.and_node([a, c.literal_node(-2)])  # an equal AND is a new node (KLay would merge it)
-    assert c.nb_nodes() == 6
+    a = c.literal_node(1)
+    assert a == c.literal_node(1) and hash(a) == hash(c.literal_node(1))
+    assert c.and_node([a, c.literal_node(-2)]) == c.and_node([c.literal_node(-2), a])
     assert c.nb_root_nodes() == 0
-    c.set_root(x)
+    x = c.or_node([a, c.literal_node(2)])
+    c.set_root(a)
     c.set_root(a)
     assert c.nb_root_nodes() == 2
+    assert {a: 1}[c.literal_node(1)] == 1
+    c.remove_unused_nodes()  # x is unused
+    with pytest.raises(CircuitError, match="removed"):
+        c.and_node([x, a])
+    with pytest.raises(CircuitError, match="removed"):
+        x.get_ix()
+
+
+def definition_scopes(d: Definition) -> list[frozenset | bool]:
+    """Each node's variables, or ``True`` / ``False`` for a node that folds to a constant (as
+    ``naive`` folds them)."""
+    scopes: list = []
+    for node in d.nodes:
+        kind = node[0]
+        if kind == "lit":
+            scopes.append(frozenset([abs(node[1])]))
+        elif kind in ("true", "false"):
+            scopes.append(kind == "true")
+        else:
+            absorbing, neutral = (False, True) if kind == "and" else (True, False)
+            kids = [scopes[c] for c in node[1]]
+            if any(k is absorbing for k in kids):
+                scopes.append(absorbing)
+                continue
+            kids = [k for k in kids if k is not neutral]
+            scopes.append(
+                neutral if not kids else kids[0] if len(kids) == 1 else frozenset().union(*kids)
+            )
+    return scopes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_structural_checks_against_definition(seed):
+    """The nodes ``check_sdnnf`` reports are the definition's AND nodes with children sharing
+    a variable and OR nodes with children over different variables (scopes computed here,
+    after constant folding), each reported once however often it was built."""
+    d = random_dag(400 + seed, num_vars=6, num_internal=30, num_roots=2)
+    c = Circuit()
+    ptrs = node_pointers(d, c)
+    scopes = definition_scopes(d)
+    expected = {"decomposability": set(), "smoothness": set()}
+    for i, node in enumerate(d.nodes):
+        if node[0] not in ("and", "or") or isinstance(scopes[i], bool):
+            continue
+        kids = [scopes[k] for k in node[1] if not isinstance(scopes[k], bool)]
+        if len(kids) < 2:
+            continue
+        if node[0] == "and" and sum(map(len, kids)) != len(frozenset().union(*kids)):
+            expected["decomposability"].add(ptrs[i])
+        if node[0] == "or" and len(set(kids)) > 1:
+            expected["smoothness"].add(ptrs[i])
+    assert expected["decomposability"] or expected["smoothness"]  # the test sees violations
+    result = check_sdnnf(c, max_violations=10**6)
+    found = {prop: {v.node for v in result.violations if v.property == prop} for prop in expected}
+    assert found == expected
+    assert result.is_decomposable == (not expected["decomposability"])
+    assert result.is_smooth == (not expected["smoothness"])
+    assert result.n_vars_found == d.num_vars
+    only = {
+        "decomposability": check_decomposability(c, 10**6),
+        "smoothness": check_smooth(c, 10**6),
+    }
+    for prop, partial in only.items():
+        assert {v.node for v in partial.violations} == expected[prop]
+        assert {v.property for v in partial.violations} <= {prop}
+    assert len(check_sdnnf(c, max_violations=1).violations) == min(1, len(result.violations))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_structural_checks_equal_klays(klay, seed):
+    """The same flags, counts (dummy nodes included) and violating nodes, in the same order, as
+    KLay's checks (details aside: see test_structural_check_details_differ_from_klay_012)."""
+    d = random_dag(400 + seed, num_vars=6, num_internal=30, num_roots=2)
+    ours, theirs = Circuit(), klay.Circuit()
+    node_pointers(d, ours)
+    node_pointers(d, theirs)
+    for name in ("check_sdnnf", "check_decomposability", "check_smooth"):
+        for limit in (50, 2):
+            mine, ref = (getattr(m, name)(c, limit) for m, c in ((klay_api, ours), (klay, theirs)))
+            fields = ("is_nnf", "is_decomposable", "is_smooth", "is_dnnf", "is_sdnnf", "n_and")
+            fields += ("n_or", "n_vars_found")
+            assert [getattr(mine, f) for f in fields] == [getattr(ref, f) for f in fields]
+            assert [(v.property, v.ix, v.layer) for v in mine.violations] == [
+                (v.property, v.ix, v.layer) for v in ref.violations
+            ]
+
+
+@pytest.mark.parametrize("semiring", KLAY_SEMIRINGS)
+def test_module_attributes_equal_klays(klay, semiring):
+    """KLay's module attributes: the semiring's name, zero and one, the layers' index arrays
+    and shapes, ``sparsity``, ``encode_input``, ``negate``, ``is_probabilistic``."""
+    d = random_dag(20, num_vars=4, num_internal=20, num_roots=2)
+    probabilistic = (False, True) if semiring in ("real", "log") else (False,)
+    for pc in probabilistic:
+        mine = build(d, Circuit()).to_torch_module(semiring, probabilistic=pc)
+        ref = klay_module(build(d, klay.Circuit()), semiring, probabilistic=pc)
+        assert (mine.semiring, mine.zero, mine.one) == (ref.semiring, ref.zero, ref.one)
+        assert mine.is_probabilistic() == ref.is_probabilistic() == pc
+        assert len(mine.layers) == len(ref.layers)
+        for ours, theirs in zip(mine.layers, ref.layers, strict=True):
+            for name in ("ix_in", "offsets", "ix_out"):
+                assert torch.equal(getattr(ours, name), getattr(theirs, name))
+            assert (ours.in_shape, ours.out_shape) == (theirs.in_shape, theirs.out_shape)
+        assert mine.sparsity(4) == pytest.approx(ref.sparsity(4))
+    for shape in [(4,), (3, 4)]:
+        x, y = random_inputs(shape, semiring, 0), random_inputs(shape, semiring, 1)
+        torch.testing.assert_close(mine.encode_input(x, y), ref.encode_input(x, y))
+        torch.testing.assert_close(mine.encode_input(x), ref.encode_input(x, None))
+        torch.testing.assert_close(mine.negate(x), ref.negate(x, 0))
 
 
 def test_to_torch_module_leaves_circuit_unchanged():
     d = random_dag(7, num_vars=4, num_internal=15, num_roots=2)
     c = build(d, Circuit())
     nodes, roots = c.nb_nodes(), c.nb_root_nodes()
+    indices = c._get_indices()
     first = c.to_torch_module("real")
     second = c.to_torch_module("real")
     assert (c.nb_nodes(), c.nb_root_nodes()) == (nodes, roots)
+    again = c._get_indices()
+    pairs = zip(indices[0] + indices[1], again[0] + again[1], strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)
+    assert len(first.layers) == len(second.layers) == len(indices[0])
     assert first.circuit.layer_kinds == second.circuit.layer_kinds
     x = random_inputs((3, 4), "real", 1)
     torch.testing.assert_close(first(x), second(x), rtol=0, atol=0)
@@ -499,10 +704,17 @@ def test_compile_flag_wraps_in_torch_compile():
 # ---------------------------------------------------------------------------- errors
 def test_construction_errors():
     c = Circuit()
-    with pytest.raises(CircuitError, match="no roots"):
-        c.to_torch_module("real")
+    # The KLay API names its own root setter (the engine's is add_root).
+    for no_root in (lambda: c.to_torch_module("real"), c._get_indices):
+        with pytest.raises(CircuitError, match="no roots: mark its outputs with set_root"):
+            no_root()
     with pytest.raises(CircuitError, match="non-zero"):
         c.literal_node(0)
+    for too_large in (2**30, -(2**40), 2**70):
+        with pytest.raises(CircuitError, match="at most 1073741823"):
+            c.literal_node(too_large)
+    with pytest.raises(CircuitError, match="non-zero integer"):
+        c.literal_node(1.0)
     other = Circuit()
     foreign = other.literal_node(1)
     with pytest.raises(CircuitError, match="not a node of this circuit"):
@@ -511,6 +723,8 @@ def test_construction_errors():
         c.set_root(foreign)
     with pytest.raises(CircuitError, match="not a node"):
         c.or_node([3])
+    with pytest.raises(CircuitError, match="list of NodePtr"):
+        c.and_node(c.literal_node(1))
     _, sdd = compile_cnf([[1, 2]], 2)
     with pytest.raises(CircuitError, match="both in true_lits and false_lits"):
         c.add_sdd(sdd, true_lits=[1], false_lits=[1])
@@ -546,20 +760,11 @@ def test_input_errors():
 
 
 # ---------------------------------------------------------------------------- KLay's behaviour
-@pytest.fixture
-def klay_012(klay):
-    if importlib.metadata.version("klaycircuits") != "0.1.2":
-        pytest.skip("the documented differences are those of klaycircuits 0.1.2")
-    return klay
-
-
-def test_documented_differences_hold_for_klay_012(klay_012):
+def test_documented_differences_hold_for_klay_012(klay):
     """The module docstring's claims about KLay 0.1.2, checked against KLay itself."""
-    c = klay_012.Circuit()
+    c = klay.Circuit()
     a, b = c.literal_node(1), c.literal_node(2)
     x = c.and_node([a, b])
-    # KLay merges equal nodes as they are added; trilay keeps both AND nodes.
-    assert c.and_node([a, b]).get_ix() == x.get_ix() and c.nb_nodes() == 3
     c.set_root(c.or_node([x, c.literal_node(-1)]))
     before = c.nb_nodes()
     depth = [len(klay_module(c, "real").layers) for _ in range(2)]
@@ -570,12 +775,12 @@ def test_documented_differences_hold_for_klay_012(klay_012):
     with pytest.raises(IndexError):  # [B1, B2, V]: KLay takes [V] or [B, V] only
         module(torch.rand(2, 3, 2))
     with pytest.raises(RuntimeError, match="no roots"):
-        d = klay_012.Circuit()
+        d = klay.Circuit()
         d.literal_node(1)
         d.to_torch_module(compile=False)
     # Fixing a literal true and false at once: KLay keeps "true", trilay refuses.
     manager, sdd = compile_cnf([[1, 2]], 2)
-    e = klay_012.Circuit()
+    e = klay.Circuit()
     e.add_sdd(sdd, true_lits=[1], false_lits=[1])
     torch.testing.assert_close(
         klay_module(e, "real")(torch.tensor([0.3, 0.6])), torch.tensor([1.0])
@@ -585,10 +790,49 @@ def test_documented_differences_hold_for_klay_012(klay_012):
     with pytest.raises(RuntimeError):
         pc(torch.rand(3, 2))
     assert pc.sample().shape == (2,)
-    assert hasattr(pc, "condition") and hasattr(module, "to_pc")  # not in trilay
+    # KLay weighs the edges of chain nodes too (their normalized weight is 1); trilay does not.
+    assert sum_layer_sizes(klay_module(chains(klay.Circuit()), "real", probabilistic=True)) == [
+        3,
+        2,
+    ]
+    assert sum_layer_sizes(chains(Circuit()).to_torch_module("real", probabilistic=True)) == [2, 0]
 
 
-def test_klay_max_gradient_at_ties_defect(klay_012, file_circuits):
+def chains(c):
+    """A circuit whose OR layers hold chain nodes: ``or(and(1, 2), -1)`` and
+    ``and(that, 3)`` as roots (3 is carried to layer 2 by a chain OR, both roots to the root
+    layer by chain nodes)."""
+    o = c.or_node([c.and_node([c.literal_node(1), c.literal_node(2)]), c.literal_node(-1)])
+    c.set_root(o)
+    c.set_root(c.and_node([o, c.literal_node(3)]))
+    return c
+
+
+def sum_layer_sizes(pc) -> list[int]:
+    return [layer.weights.numel() for layer in pc.layers[1::2]]
+
+
+def test_structural_check_details_differ_from_klay_012(klay):
+    """KLay's smoothness detail always names child 1 and lists only variables 1..n_vars_found;
+    trilay names the child and its variables."""
+    definition = Definition(12)
+    for v in (2, 11, 12):
+        definition.add("lit", v)
+    definition.add("and", [0, 2])
+    definition.add("and", [0, 1])
+    definition.add("or", [3, 3, 4])  # children over {2, 12}, {2, 12}, {2, 11}
+    definition.roots = [5]
+    (theirs,) = klay.check_sdnnf(build(definition, klay.Circuit())).violations
+    (ours,) = check_sdnnf(build(definition, Circuit())).violations
+    assert theirs.detail == "child 0 scope={2}, child 1 scope={2}, symmetric difference={}"
+    assert ours.detail == (
+        "child 0 scope={2, 12}, child 2 scope={2, 11}, symmetric difference={11, 12}"
+    )
+    assert theirs.property == ours.property == "smoothness"
+    assert (theirs.ix, theirs.layer) == (ours.ix, ours.layer)
+
+
+def test_klay_max_gradient_at_ties_defect(klay, file_circuits):
     """KLay's mpe/godel backward is torch.segment_reduce's, which does not split a negative
     upstream gradient between tied children (each gets all of it); trilay splits it evenly, as
     autograd through the naive evaluator (amax/amin) does."""

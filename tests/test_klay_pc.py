@@ -8,9 +8,9 @@ Oracles, written here:
 - ``Oracle``: enumerate all ``2^V`` assignments ``x``, evaluate the weighted circuit at the
   indicators of ``x`` node by node (``C_w(x)``; OR nodes mix their children with
   ``softmax(weights[edges of the node])``) and sum ``prod_v p_v(x_v) * C_w(x)``; autograd
-  through it gives the weight gradients. It walks the layers the engine compiles the circuit
-  to (the OR nodes a probabilistic circuit weighs are the compiled circuit's, as in KLay),
-  with the module's documented edge order, and nothing of the module's own evaluation;
+  through it gives the weight gradients. It walks KLay's layers of the circuit
+  (``Circuit._get_indices()``, which equal klaycircuits' own: tests/test_klay.py), with the
+  module's documented edge order, and nothing of the module's own evaluation;
 - the exact distribution ``P(x) ∝ prod_v p_v(x_v) * C_w(x)`` for sampling, compared with a
   chi-square test whose power is shown on perturbed distributions.
 """
@@ -24,8 +24,7 @@ import random
 import pytest
 import torch
 from scipy.stats import chi2
-from test_klay import DATA, Circuit, Definition, build, naive, random_inputs
-from trilay.engine import Circuit as EngineCircuit
+from test_klay import DATA, Circuit, Definition, build, klaycircuits_012, naive, random_inputs
 from trilay.engine.errors import CircuitError, SemiringError, ShapeError
 
 # KLay's modules use torch.jit.script_method, deprecated in torch 2.13.
@@ -73,74 +72,73 @@ def random_decomposable(seed: int, num_vars: int, depth: int = 4, num_roots: int
     return d
 
 
-class _EngineBuilder:
-    """KLay's node API onto trilay's engine circuit (what the frontend builds, call for call)."""
-
-    def __init__(self):
-        self.ir = EngineCircuit()
-
-    def literal_node(self, lit):
-        return self.ir.literal(lit)
-
-    def true_node(self):
-        return self.ir.true()
-
-    def false_node(self):
-        return self.ir.false()
-
-    def and_node(self, children):
-        return self.ir.conjoin(children)
-
-    def or_node(self, children):
-        return self.ir.disjoin(children)
-
-    def set_root(self, node):
-        self.ir.add_root(node)
-
-
 class Oracle:
     """Brute-force enumeration of a probabilistic circuit (see the module docstring)."""
 
     def __init__(self, d: Definition):
-        builder = build(d, _EngineBuilder())
-        compiled = builder.ir.compile(smooth=False)
+        ixs_in, ixs_out = build(d, Circuit())._get_indices()
         self.num_vars = v = d.num_vars
-        # Every internal row's (kind, children rows), rows ascending (layer by layer).
-        child, offsets = compiled.child.tolist(), compiled.offsets.tolist()
-        kinds = [
-            kind
-            for k, kind in enumerate(compiled.layer_kinds, start=1)
-            for _ in range(*compiled.layer_rows(k))
+        # KLay's layers: AND layers first, then alternating (Circuit._get_indices).
+        self.layers = [
+            ("and" if k % 2 == 0 else "or", child.tolist(), offsets.tolist())
+            for k, (child, offsets) in enumerate(zip(ixs_in, ixs_out, strict=True))
         ]
-        self.nodes = [(kind, child[offsets[i] : offsets[i + 1]]) for i, kind in enumerate(kinds)]
-        self.roots = compiled.roots.tolist()
         self.assignments = torch.tensor(list(itertools.product([0, 1], repeat=v)), dtype=torch.bool)
-        x = self.assignments.double()
-        self.leaves = torch.cat([torch.zeros(1, len(x)), torch.ones(1, len(x)), x.t(), 1 - x.t()])
-        # The edge order the module documents: OR nodes row by row, each node's edges in CSR
-        # order.
-        self.or_fan_ins = [len(kids) for kind, kids in self.nodes if kind == "or"]
+        x = self.assignments.double().t()
+        self.leaves = input_row(x, 1 - x)
+        # The edge order the module documents: OR nodes with two or more children, layer by
+        # layer, node by node, each node's edges in order.
+        self.or_fan_ins = [
+            offsets[i + 1] - offsets[i]
+            for kind, _, offsets in self.layers
+            if kind == "or"
+            for i in range(len(offsets) - 1)
+            if offsets[i + 1] - offsets[i] >= 2
+        ]
         self.num_edges = sum(self.or_fan_ins)
+
+    def node_values(self, weights: torch.Tensor | None, leaves: torch.Tensor) -> list[list]:
+        """Every layer's node values of the weighted circuit at the input row ``leaves`` (with
+        ``weights=None``, of the plain circuit: OR nodes sum their children)."""
+        values = [list(leaves)]
+        edge = 0
+        for kind, child, offsets in self.layers:
+            out = []
+            for i in range(len(offsets) - 1):
+                kids = [values[-1][c] for c in child[offsets[i] : offsets[i + 1]]]
+                if kind == "and":
+                    out.append(math.prod(kids))
+                elif len(kids) == 1:
+                    out.append(kids[0])
+                elif weights is None:
+                    out.append(sum(kids))
+                else:
+                    mix = torch.softmax(weights[edge : edge + len(kids)], dim=0)
+                    out.append(sum(m * k for m, k in zip(mix, kids, strict=True)))
+                    edge += len(kids)
+            values.append(out)
+        assert weights is None or edge == weights.numel()
+        return values
+
+    def edges(self) -> list[tuple[int, int, int]]:
+        """The weighted edges in the module's order: ``(k, c, n)``, the child in row ``c`` of
+        ``node_values``'s layer ``k`` under the ``n``-th weighted OR node."""
+        out, node = [], 0
+        for k, (kind, child, offsets) in enumerate(self.layers):
+            for i in range(len(offsets) - 1):
+                if kind == "or" and offsets[i + 1] - offsets[i] >= 2:
+                    out += [(k, c, node) for c in child[offsets[i] : offsets[i + 1]]]
+                    node += 1
+        return out
 
     def circuit_at_indicators(self, weights: torch.Tensor) -> torch.Tensor:
         """``C_w(x)`` for every assignment: ``[2^V, roots]``."""
         return self.circuit_at(weights, self.leaves.to(weights.dtype))
 
     def circuit_at(self, weights: torch.Tensor, leaves: torch.Tensor) -> torch.Tensor:
-        """The weighted circuit, node by node, at the layer-0 rows ``leaves: [2V + 2, n]``
-        (false, true, ``+1..+V``, ``-1..-V``): ``[n, roots]``."""
-        rows = list(leaves)
-        edge = 0
-        for kind, child in self.nodes:
-            kids = [rows[c] for c in child]
-            if kind == "and":
-                rows.append(math.prod(kids))
-            else:
-                mix = torch.softmax(weights[edge : edge + len(kids)], dim=0)
-                rows.append(sum(m * k for m, k in zip(mix, kids, strict=True)))
-                edge += len(kids)
-        assert edge == weights.numel()
-        return torch.stack([rows[r] for r in self.roots], dim=-1)
+        """The weighted circuit at KLay's input row ``leaves: [2V + 2, n]`` (false, true,
+        ``+1, -1, +2, -2, ...``): ``[n, roots]``."""
+        return torch.stack(self.node_values(weights, leaves)[-1], dim=-1)
 
     def joint(self, weights, probs) -> torch.Tensor:
         """``prod_v p_v(x_v) * C_w(x)``: ``probs [..., V]`` -> ``[..., 2^V, roots]``."""
@@ -150,6 +148,13 @@ class Oracle:
 
     def value(self, weights, probs) -> torch.Tensor:
         return self.joint(weights, probs).sum(-2)
+
+
+def input_row(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """KLay's input row of ``pos, neg: [V, n]``: ``[2V + 2, n]``, false, true, then ``+v, -v``
+    for each variable."""
+    literals = torch.stack([pos, neg], dim=1).reshape(-1, pos.shape[1])
+    return torch.cat([torch.zeros(1, pos.shape[1]), torch.ones(1, pos.shape[1]), literals])
 
 
 def pc_and_oracle(d: Definition, semiring: str, seed: int = 0):
@@ -227,17 +232,47 @@ def test_value_with_explicit_negative_weights():
     d = random_decomposable(30, num_vars=4)
     pc, oracle = pc_and_oracle(d, "real", 3)
     p, q = random_inputs((3, 4), "real", 1), random_inputs((3, 4), "real", 2)
-    leaves = torch.cat([torch.zeros(1, 3), torch.ones(1, 3), p.t(), q.t()]).double()
+    leaves = input_row(p.t(), q.t()).double()
     torch.testing.assert_close(pc(p, q), oracle.circuit_at(pc.weights.detach(), leaves))
     log_pc = build(d, Circuit()).to_torch_module("log", probabilistic=True).double()
     log_pc.load_state_dict(pc.state_dict())
     torch.testing.assert_close(log_pc(p.log(), q.log()).exp(), pc(p, q))
 
 
-def test_klay_parity_at_uniform_weights():
-    """KLay's probabilistic circuit at all-zero weights (uniform mixtures) on the benchmark
-    circuits: the same OR nodes, so the same values. KLay takes [V] inputs only here."""
-    klay = pytest.importorskip("klay", reason="klaycircuits is not installed")
+def klay_sum_edges(klay_pc) -> list[torch.Tensor]:
+    """Per layer of KLay's probabilistic module, which of its edges belong to OR nodes with two
+    or more children (the edges trilay weighs; KLay's layers are trilay's: test_klay.py)."""
+    return [
+        (torch.diff(layer.offsets) >= 2)[layer.ix_out] if hasattr(layer, "weights") else None
+        for layer in klay_pc.layers
+    ]
+
+
+def set_klay_weights(klay_pc, pc) -> None:
+    """Give KLay's module ``pc``'s edge weights (chain edges keep theirs: their normalized
+    weight is 1 anyway)."""
+    with torch.no_grad():
+        for ref, mine, edges in zip(
+            klay_pc.layers, pc.layers, klay_sum_edges(klay_pc), strict=True
+        ):
+            if edges is not None:
+                ref.weights[edges] = mine.weights.detach().to(ref.weights.dtype)
+
+
+def klay_edge_weights(klay_pc) -> torch.Tensor:
+    """KLay's normalized weights of the edges trilay weighs, in trilay's order."""
+    layers = zip(klay_pc.layers, klay_sum_edges(klay_pc), strict=True)
+    return torch.cat([ref.get_edge_weights()[e] for ref, e in layers if e is not None])
+
+
+@pytest.fixture
+def klay():
+    return klaycircuits_012()
+
+
+def test_klay_parity_at_equal_weights(klay):
+    """KLay's probabilistic circuit with trilay's random edge weights, on benchmark circuits: the
+    same values. KLay takes [V] inputs only here."""
     for name in ("sudoku_4", "road_r"):
         for semiring in ("real", "log"):
             theirs, ours = klay.Circuit(), Circuit()
@@ -245,13 +280,111 @@ def test_klay_parity_at_uniform_weights():
             ours.add_sdd_from_file(DATA / f"{name}.sdd")
             ref = theirs.to_torch_module(semiring, probabilistic=True, compile=False)
             mine = ours.to_torch_module(semiring, probabilistic=True)
-            with torch.no_grad():
-                for p in [*ref.parameters(), mine.weights]:
-                    p.zero_()
+            set_klay_weights(ref, mine)
             x = random_inputs((mine.num_vars,), semiring, 4, dtype=torch.float32)
             expected = ref(x)
             scale = expected.abs().max().item()
             torch.testing.assert_close(mine(x), expected, rtol=1e-5, atol=1e-5 * scale)
+            torch.testing.assert_close(klay_edge_weights(ref), mine.edge_weights())
+
+
+# ---------------------------------------------------------------------------- to_pc, condition
+def expected_edge_weights(oracle, values, prior=None) -> torch.Tensor:
+    """Each weighted edge's child value (times its prior weight), normalized per OR node."""
+    edges = oracle.edges()
+    raw = torch.stack([values[k][c] for k, c, _ in edges])
+    raw = raw if prior is None else raw * prior
+    node = torch.tensor([n for _, _, n in edges])
+    return raw / torch.zeros(int(node.max()) + 1, dtype=raw.dtype).index_add(0, node, raw)[node]
+
+
+@pytest.mark.parametrize("semiring", ["real", "log"])
+def test_to_pc_weighs_children_by_their_values(semiring):
+    """``to_pc(x)``: each OR node's normalized edge weights are its children's values at ``x``
+    over their sum (the oracle's plain node-by-node evaluation)."""
+    d = random_decomposable(80, num_vars=5, num_roots=2)
+    plain = build(d, Circuit()).to_torch_module(semiring).double()
+    p = random_inputs((5,), "real", 3)
+    pc = plain.to_pc(p.log() if semiring == "log" else p)
+    assert isinstance(pc, type(build(d, Circuit()).to_torch_module(semiring, probabilistic=True)))
+    assert pc.semiring == semiring and pc.is_probabilistic() and not plain.is_probabilistic()
+    oracle = Oracle(d)
+    values = oracle.node_values(None, input_row(p[:, None], 1 - p[:, None]))
+    expected = expected_edge_weights(oracle, [[v[0] for v in layer] for layer in values])
+    torch.testing.assert_close(pc.edge_weights(), expected)
+    views = torch.cat([layer.get_edge_weights() for layer in pc.layers[1::2]])
+    torch.testing.assert_close(views, expected)
+
+
+@pytest.mark.parametrize("semiring", ["real", "log"])
+def test_condition_against_enumeration(semiring):
+    """``condition(x_pos, x_neg)`` on 0/1 evidence (integer tensors, as KLay's tests pass):
+    every edge weight times its child's value at the evidence, renormalized; it returns the
+    root values at the evidence. The conditioned circuit samples only assignments that agree
+    with the evidence on the variables its branches fix."""
+    d = random_decomposable(81, num_vars=5, num_roots=2)
+    pc, oracle = pc_and_oracle(d, semiring, 2)
+    pos, neg = torch.tensor([1, 0, 1, 1, 1]), torch.tensor([0, 1, 1, 1, 1])  # x1, not x2
+    prior = pc.edge_weights().detach()
+    values = oracle.node_values(pc.weights.detach(), input_row(pos[:, None], neg[:, None]).double())
+    values = [[v[0] for v in layer] for layer in values]
+    evidence = (pos, neg) if semiring == "real" else (pos.double().log(), neg.double().log())
+    roots = pc.condition(*evidence)
+    expected_roots = torch.stack(values[-1])
+    torch.testing.assert_close(roots, expected_roots.log() if semiring == "log" else expected_roots)
+    torch.testing.assert_close(pc.edge_weights(), expected_edge_weights(oracle, values, prior))
+
+
+def test_condition_and_to_pc_parity(klay):
+    """KLay's ``to_pc`` and ``condition`` give the same edge weights."""
+    d = random_decomposable(82, num_vars=5)
+    for semiring in ("real", "log"):
+        x = random_inputs((5,), semiring, 1, dtype=torch.float32)
+        mine = build(d, Circuit()).to_torch_module(semiring).to_pc(x)
+        ref = build(d, klay.Circuit()).to_torch_module(semiring, compile=False).to_pc(x)
+        torch.testing.assert_close(klay_edge_weights(ref), mine.edge_weights())
+        pc = build(d, Circuit()).to_torch_module(semiring, probabilistic=True)
+        ref = build(d, klay.Circuit()).to_torch_module(semiring, probabilistic=True, compile=False)
+        set_klay_weights(ref, pc)
+        y = random_inputs((5,), semiring, 2, dtype=torch.float32)
+        pc.condition(x, y)
+        ref.condition(x, y)
+        torch.testing.assert_close(klay_edge_weights(ref), pc.edge_weights())
+
+
+def test_condition_keeps_unreachable_nodes(klay):
+    """An OR node whose children are all 0 under the evidence keeps its weights in
+    ``condition`` and gets uniform ones in ``to_pc``, and the circuit stays finite; KLay sets
+    their raw weights to -inf, which its ``log`` semiring turns into NaN outputs (a documented
+    difference). Evidence of probability 0 is an error."""
+    definition = Definition(3)
+    x1, x2, x3, n3 = (definition.add("lit", v) for v in (1, 2, 3, -3))
+    inner = definition.add("or", [definition.add("and", [x2, x3]), definition.add("and", [x2, n3])])
+    definition.roots = [definition.add("or", [definition.add("and", [x1, inner]), n3])]
+    inner_edges = [e for e, (k, _, _) in enumerate(Oracle(definition).edges()) if k == 1]
+    evidence = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])  # x2 is false
+    x = torch.rand(3)
+    for semiring in ("real", "log"):
+        pos, neg, y = (t if semiring == "real" else t.log() for t in (*evidence, x))
+        pc = build(definition, Circuit()).to_torch_module(semiring, probabilistic=True)
+        before = pc.edge_weights().detach()
+        pc.condition(pos, neg)
+        after = pc.edge_weights().detach()
+        assert torch.isfinite(after).all() and torch.isfinite(pc(y)).all()
+        torch.testing.assert_close(after[inner_edges], before[inner_edges])
+        to_pc = build(definition, Circuit()).to_torch_module(semiring).to_pc(pos, neg)
+        torch.testing.assert_close(to_pc.edge_weights()[inner_edges], torch.full((2,), 0.5))
+        assert torch.isfinite(to_pc(y)).all()
+    ref = build(definition, klay.Circuit()).to_torch_module("log", True, compile=False)
+    ref.condition(*(t.log() for t in evidence))
+    assert torch.isnan(ref(x.log())).all()
+    pc = build(definition, Circuit()).to_torch_module("real", probabilistic=True)
+    with pytest.raises(CircuitError, match="value 0"):
+        pc.condition(torch.tensor([0, 0, 0]), torch.tensor([0, 0, 0]))
+    with pytest.raises(ShapeError, match="one weight vector"):
+        pc.condition(torch.rand(2, 3))
+    with pytest.raises(SemiringError):
+        build(definition, Circuit()).to_torch_module("godel").to_pc(evidence[0])
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -380,6 +513,11 @@ def test_sample_errors():
         pc.sample(3, root=1)  # the false root
     with pytest.raises(ShapeError):
         pc.sample(3, torch.tensor([0.5]))
+    # num_samples is the leading dimension: KLay-style sample(-5) used to fail deep inside
+    # torch ("numel: integer multiplication overflow") and sample(-1) to draw one sample.
+    for count in (-5, -1, 0, 2.5, True, "3"):
+        with pytest.raises(ShapeError, match="num_samples"):
+            pc.sample(count)
     ok = pc.sample(2000, torch.tensor([0.5, 0.9]), generator=torch.Generator().manual_seed(0))
     assert ok[:, 0].all()  # every model has x1
 

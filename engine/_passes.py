@@ -269,6 +269,7 @@ def build_dag(
     u_hi = np.empty(64, np.int64)
     m_lo = np.empty(64, np.int64)
     m_hi = np.empty(64, np.int64)
+    dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
     for node in order:
         k = kind[node]
         if k == LITERAL:
@@ -297,7 +298,8 @@ def build_dag(
             canon[node] = kids[0]
             continue
         if smooth and k == OR:
-            count, u_lo, u_hi = _union(kids, kept, state[4], state[5], state[6], u_lo, u_hi)
+            state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+            count, u_lo, u_hi = _union(kids, kept, vstart, vlo, vhi, u_lo, u_hi)
             for j in range(kept):
                 nm, m_lo, m_hi = _difference(
                     u_lo, u_hi, count, kids[j], state[4], state[5], state[6], m_lo, m_hi
@@ -306,7 +308,19 @@ def build_dag(
                     kids[j], state = _smoothed(
                         kids[j], m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
                     )
-        canon[node], state = _intern(k, kids, kept, state, smooth)
+            dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
+        # Interning inline (not through the state tuple): it runs once per node.
+        size = sizes[0]
+        if size + 2 > dkind.size or dstart[size] + kept > dkids.size or 2 * (size + 1) > table.size:
+            dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _with_room(
+                (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes), kept
+            )
+        canon[node] = _find_or_add(k, kids, kept, dkind, dstart, dkids, table, sizes)
+        if smooth and canon[node] == size:
+            dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _record_set(
+                size, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+            )
+    state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
 
     root_ids = np.empty(roots.size, np.int64)
     for i in range(roots.size):
@@ -406,11 +420,26 @@ def _smoothed(c, m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars):
 
 
 @njit(cache=True)
-def _intern(k, kids, n, state, with_sets):
-    """The node ``(k, sorted kids[:n])``: an existing equal node, or a new one (whose variable
-    set is the union of its children's when ``with_sets``). Returns ``(node, state)``."""
+def _with_room(state, n):
+    """``state`` with room for one more node of ``n`` children (arrays grown, the hash table
+    rehashed at half load)."""
     dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
-    sorted_kids = np.sort(kids[:n])
+    size = sizes[0]
+    if size + 2 > dkind.size or dstart[size] + n > dkids.size or 2 * (size + 1) > table.size:
+        dkind = _grow(dkind, size + 2)
+        dstart = _grow(dstart, size + 3)
+        dkids = _grow(dkids, dstart[size] + n)
+        if 2 * (size + 1) > table.size:
+            table = _rehash(table, dkind, dstart, dkids)
+    return dkind, dstart, dkids, table, vstart, vlo, vhi, sizes
+
+
+@njit(cache=True)
+def _find_or_add(k, kids, n, dkind, dstart, dkids, table, sizes):
+    """The node ``(k, sorted kids[:n])`` (``kids[:n]`` is sorted in place): an existing equal
+    node, or a new one at ``sizes[0]`` (the arrays have room: :func:`_with_room`)."""
+    sorted_kids = kids[:n]
+    sorted_kids.sort()
     mask = table.size - 1
     slot = np.int64(_hash_node(k, sorted_kids, n) & np.uint64(mask))
     while table[slot] != _EMPTY:
@@ -423,32 +452,47 @@ def _intern(k, kids, n, state, with_sets):
                     same = False
                     break
             if same:
-                return cand, state
+                return cand
         slot = (slot + 1) & mask
     node = sizes[0]
-    dkind = _grow(dkind, node + 1)
-    dstart = _grow(dstart, node + 2)
-    dkids = _grow(dkids, dstart[node] + n)
     dkind[node] = k
     dkids[dstart[node] : dstart[node] + n] = sorted_kids
     dstart[node + 1] = dstart[node] + n
     sizes[0] = node + 1
     table[slot] = node
-    if 2 * sizes[0] > table.size:
-        table = _rehash(table, dkind, dstart, dkids)
-    if with_sets:
-        vstart = _grow(vstart, node + 2)
-        count, lo, hi = _union(
-            sorted_kids, n, vstart, vlo, vhi, np.empty(0, np.int64), np.empty(0, np.int64)
-        )
-        nv = sizes[1]
-        vlo = _grow(vlo, nv + count)
-        vhi = _grow(vhi, nv + count)
-        vlo[nv : nv + count] = lo[:count]
-        vhi[nv : nv + count] = hi[:count]
-        sizes[1] = nv + count
-        vstart[node + 1] = nv + count
-    return node, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+    return node
+
+
+@njit(cache=True)
+def _record_set(node, state):
+    """Store the new node's variable set, the union of its children's."""
+    dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
+    vstart = _grow(vstart, node + 2)
+    kids = dkids[dstart[node] : dstart[node + 1]]
+    count, lo, hi = _union(
+        kids, kids.size, vstart, vlo, vhi, np.empty(0, np.int64), np.empty(0, np.int64)
+    )
+    nv = sizes[1]
+    vlo = _grow(vlo, nv + count)
+    vhi = _grow(vhi, nv + count)
+    vlo[nv : nv + count] = lo[:count]
+    vhi[nv : nv + count] = hi[:count]
+    sizes[1] = nv + count
+    vstart[node + 1] = nv + count
+    return dkind, dstart, dkids, table, vstart, vlo, vhi, sizes
+
+
+@njit(cache=True)
+def _intern(k, kids, n, state, with_sets):
+    """The node ``(k, sorted kids[:n])`` (``kids[:n]`` is sorted in place): an existing equal
+    node, or a new one (whose variable set is the union of its children's when
+    ``with_sets``). Returns ``(node, state)``."""
+    state = _with_room(state, n)
+    size = state[7][0]
+    node = _find_or_add(k, kids, n, state[0], state[1], state[2], state[3], state[7])
+    if with_sets and node == size:
+        state = _record_set(node, state)
+    return node, state
 
 
 @njit(cache=True)
@@ -460,9 +504,8 @@ def _rehash(table, dkind, dstart, dkids):
         if node == _EMPTY:
             continue
         n = dstart[node + 1] - dstart[node]
-        s = np.int64(
-            _hash_node(dkind[node], dkids[dstart[node] : dstart[node] + n], n) & np.uint64(mask)
-        )
+        h = _hash_node(dkind[node], dkids[dstart[node] : dstart[node] + n], n)
+        s = np.int64(h & np.uint64(mask))
         while bigger[s] != _EMPTY:
             s = (s + 1) & mask
         bigger[s] = node
@@ -547,7 +590,36 @@ def row_csr(dstart, dkids, row, node_at, num_leaves):
         node = node_at[r]
         at = offsets[r - num_leaves]
         n = dstart[node + 1] - dstart[node]
-        for j in range(n):
-            child[at + j] = row[dkids[dstart[node] + j]]
-        child[at : at + n] = np.sort(child[at : at + n])
+        for j in range(n):  # insertion sort: nodes have few children
+            value = row[dkids[dstart[node] + j]]
+            i = at + j
+            while i > at and child[i - 1] > value:
+                child[i] = child[i - 1]
+                i -= 1
+            child[i] = value
     return child, offsets
+
+
+@njit(cache=True)
+def transposed_csr(child, parent_is_or, num_rows):
+    """The transposed CSR of the edges ``e -> child[e]`` by a counting sort (linear):
+    ``(parent_offsets, parent_split, order)``: row ``c``'s edges are
+    ``order[parent_offsets[c]:parent_offsets[c+1]]``, those whose parent is an AND first (up
+    to ``parent_split[c]``), each part in ascending edge order."""
+    counts = np.zeros(2 * num_rows + 1, np.int64)
+    for e in range(child.size):
+        counts[2 * child[e] + parent_is_or[e] + 1] += 1
+    starts = np.cumsum(counts)  # starts[2c] .. AND part, starts[2c+1] .. OR part
+    parent_offsets = np.empty(num_rows + 1, np.int64)
+    parent_split = np.empty(num_rows, np.int64)
+    for c in range(num_rows):
+        parent_offsets[c] = starts[2 * c]
+        parent_split[c] = starts[2 * c + 1]
+    parent_offsets[num_rows] = starts[2 * num_rows]
+    fill = starts[:-1].copy()
+    order = np.empty(child.size, np.int64)
+    for e in range(child.size):
+        key = 2 * child[e] + parent_is_or[e]
+        order[fill[key]] = e
+        fill[key] += 1
+    return parent_offsets, parent_split, order

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._passes import transposed_csr
 from .errors import CircuitError, ParseError
 
 #: The file format :meth:`CompiledCircuit.save` writes. Version 1 (layers of pass-through
@@ -176,13 +177,10 @@ class CompiledCircuit:
         edge_parent = np.repeat(np.arange(n0, n, dtype=np.int64), fan_in)
         row_layer = np.repeat(np.arange(len(self.row_starts) - 1), np.diff(self.row_starts))
         is_or = np.array([False] + [k == "or" for k in self.layer_kinds])[row_layer]
-        parent_is_or = is_or[edge_parent]
-        order = np.argsort(child * 2 + parent_is_or, kind="stable")
-        parent_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(child, minlength=n), out=parent_offsets[1:])
-        and_parents = np.bincount(child[~parent_is_or], minlength=n)
+        parent_is_or = is_or[edge_parent].astype(np.int64)
+        parent_offsets, parent_split, order = transposed_csr(child, parent_is_or, n)
         self.parent_offsets = _int32(parent_offsets).to(device)
-        self.parent_split = _int32(parent_offsets[:-1] + and_parents).to(device)
+        self.parent_split = _int32(parent_split).to(device)
         self.parent = _int32(edge_parent[order]).to(device)
         self.parent_edge = _int32(order).to(device)
         self.node_hubs: dict[int, HubPlan] = {}

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .errors import DeviceError, SemiringError
+from .errors import CircuitError, DeviceError, SemiringError
 from .reference import apply_function, needs_grad
 
 #: Reductions the Triton kernels implement, and their codes inside the kernels.
@@ -1791,6 +1791,55 @@ def _layer_bwd_vmap(
     return _unfold_vmapped(grad, width), 2
 
 
+#: The index tensors :func:`check_layer_indices` has checked, by identity, with their versions.
+_CHECKED: torch.utils.weak.WeakIdKeyDictionary = torch.utils.weak.WeakIdKeyDictionary()
+
+
+def check_layer_indices(n_below, child, offsets, parent_edge, parent, parent_offsets) -> None:
+    """Raise :class:`~trilay.kernels.errors.CircuitError` unless the index tensors are one
+    layer's consistent CSR and transposed CSR over ``n_below`` rows. Checked once per set of
+    tensors (and again after an in-place change); under ``torch.compile`` tracing the check
+    runs when the traced function is first called eagerly, not on fake tensors."""
+    indices = (child, offsets, parent_edge, parent, parent_offsets)
+    if torch.compiler.is_compiling() or any(
+        isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta" for t in indices
+    ):
+        return
+    key = (n_below, *((id(t), t._version) for t in indices))
+    if _CHECKED.get(child) == key:
+        return
+    for name, t in zip(
+        ("child", "offsets", "parent_edge", "parent", "parent_offsets"), indices, strict=True
+    ):
+        if (
+            not isinstance(t, torch.Tensor)
+            or t.dim() != 1
+            or t.dtype not in (torch.int32, torch.int64)
+        ):
+            raise CircuitError(f"{name} must be a 1-D int32/int64 tensor")
+    c, off, edge, par, p_off = (t.detach().cpu().long() for t in indices)
+    e, n = c.numel(), off.numel() - 1
+
+    def bad(problem: str) -> CircuitError:
+        return CircuitError(f"inconsistent layer indices: {problem}")
+
+    if n < 0 or off[0] != 0 or off[-1] != e or bool((off[1:] < off[:-1]).any()):
+        raise bad(f"offsets must ascend from 0 to len(child) = {e}")
+    if e and (c.min() < 0 or c.max() >= n_below):
+        raise bad(f"child must hold rows of values, 0..{n_below - 1}")
+    if p_off.numel() != n_below + 1 or p_off[0] != 0 or p_off[-1] != e:
+        raise bad(f"parent_offsets must have {n_below + 1} entries from 0 to {e}")
+    if bool((p_off[1:] < p_off[:-1]).any()) or edge.numel() != e or par.numel() != e:
+        raise bad("parent_offsets must ascend; parent_edge and parent list every edge once")
+    if e and (edge.min() < 0 or edge.max() >= e or torch.unique(edge).numel() != e):
+        raise bad("parent_edge must be a permutation of the edges")
+    row = torch.repeat_interleave(torch.arange(n_below), p_off.diff())
+    node = torch.repeat_interleave(torch.arange(n), off.diff())
+    if not (torch.equal(c[edge], row) and torch.equal(node[edge], par)):
+        raise bad("the transposed CSR (parent_edge, parent) does not list the forward's edges")
+    _CHECKED[child] = key
+
+
 def layer(
     values: torch.Tensor,
     child: torch.Tensor,
@@ -1802,13 +1851,21 @@ def layer(
 ) -> torch.Tensor:
     """One layer as a torch op: ``out[i] = reduce(values[child[offsets[i]:offsets[i+1]]])``.
 
-    ``values: [n_below, B]`` float32/float64; the index tensors are a layer's int32 CSR and
-    transposed CSR (see :class:`trilay.engine.Layer`); ``reduce`` one of
-    :data:`TRITON_REDUCTIONS`. Returns ``[n, B]``. Differentiable (hand-written backward),
-    traceable by ``torch.compile``, batchable by ``torch.func.vmap`` over ``values``, and
-    per-example gradients (``vmap(grad(f))``) run one backward launch for the whole batch.
-    Raises :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the interpreter.
+    ``values: [n_below, B]`` float32/float64; the index tensors the layer's int32 CSR
+    (``child: [E]`` rows of ``values``, ``offsets: [n + 1]``) and its transposed CSR
+    (``parent_offsets: [n_below + 1]``; for each row, ``parent_edge`` its edges ascending and
+    ``parent`` their nodes); ``reduce`` one of :data:`TRITON_REDUCTIONS`. Returns ``[n, B]``.
+    Differentiable (hand-written backward), traceable by ``torch.compile``, batchable by
+    ``torch.func.vmap`` over ``values``, and per-example gradients (``vmap(grad(f))``) run one
+    backward launch for the whole batch.
+
+    The index tensors are checked (ranges, ascending offsets, the transposed CSR the forward's
+    own) the first time they are seen, and again after they change in place (a host read then,
+    not in later calls). Raises :class:`~trilay.kernels.errors.CircuitError` for inconsistent
+    indices and :class:`~trilay.kernels.errors.DeviceError` for CPU tensors outside the
+    interpreter.
     """
+    check_layer_indices(values.shape[0], child, offsets, parent_edge, parent, parent_offsets)
     args = (values, child, offsets, parent_edge, parent, parent_offsets, reduce)
     if torch._C._are_functorch_transforms_active():
         return _LayerFunction.apply(*args)[0]

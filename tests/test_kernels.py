@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import DATA, models_of_cnf, random_cnf, random_weights
 from trilay.engine import Circuit
-from trilay.engine.errors import DeviceError, SemiringError
+from trilay.engine.errors import CircuitError, DeviceError, SemiringError
 from trilay.kernels import fusion
 from trilay.kernels import layer as triton_layer
 from trilay.kernels.layer import TRITON_REDUCTIONS, layer_bwd, layer_fwd
@@ -247,6 +247,41 @@ def test_layer_op_opcheck_vmap_and_compile():
         lambda v: triton_layer.layer(v, *index, "sum") * 2, backend="aot_eager"
     )
     torch.testing.assert_close(compiled(x), triton_layer.layer(x, *index, "sum") * 2)
+
+
+def test_layer_op_refuses_inconsistent_indices():
+    """A bad index never reaches the kernel (where it would read out of bounds): every index
+    tensor of the single-layer op is checked, again after an in-place change."""
+    index = make_layer([1, 3, 2], 5, seed=1)
+    x = torch.rand(5, 2, device=DEVICE)
+    torch.testing.assert_close(
+        triton_layer.layer(x, *index, "sum"),
+        segment_reduce_torch(x.index_select(0, index[0]), index[1], "sum"),
+    )
+
+    def changed(position, at, value):
+        tensors = [t.clone() for t in index]
+        tensors[position][at] = value
+        return tensors
+
+    cases = {
+        "a child out of range": changed(0, 0, 50_000_000),
+        "a negative child": changed(0, 1, -1),
+        "offsets descending": changed(1, 1, 5),
+        "offsets not covering the edges": changed(1, 3, 5),
+        "parent_edge not a permutation": changed(2, 0, int(index[2][1])),
+        "parent not the edge's node": changed(3, 0, (int(index[3][0]) + 1) % 3),
+        "parent_offsets not ascending": changed(4, 2, 0),
+    }
+    for problem, tensors in cases.items():
+        with pytest.raises(CircuitError, match="layer indices|tensor"):
+            triton_layer.layer(x, *tensors, "sum")
+        assert problem
+    child = index[0].clone()
+    triton_layer.layer(x, child, *index[1:], "sum")  # checked and remembered
+    child[0] = 50_000_000  # an in-place change is seen (the tensor's version moved)
+    with pytest.raises(CircuitError, match="rows of values"):
+        triton_layer.layer(x, child, *index[1:], "sum")
 
 
 # ---------------------------------------------------------------------------- circuits

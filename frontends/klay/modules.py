@@ -10,6 +10,7 @@ on CUDA tensors, the PyTorch path on the CPU).
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from trilay.engine import Circuit as _IR
 from trilay.engine import get_semiring
 from trilay.engine.errors import CircuitError, DTypeError, SemiringError, ShapeError
 from trilay.engine.semiring import Semiring, log1mexp
-from trilay.kernels.reference import layer_forward_torch
+from trilay.kernels.reference import gather_rows, segment_reduce_torch
 
 #: KLay's semirings, evaluated on the circuit as written (no smoothing), as KLay does: the
 #: max semirings take the max over the circuit's branches, not over complete models.
@@ -590,7 +591,7 @@ class ProbabilisticCircuitModule(CircuitModule):
         num_edges, num_samples = self.weights.numel(), log_pos.shape[1]
         weights = self.log_edge_weights().float()[:, None].expand(num_edges, num_samples)
         log_neg = log1mexp(log_pos)
-        inputs = torch.cat(
+        leaves = torch.cat(
             [
                 torch.tensor([[-math.inf], [0.0]], device=log_pos.device).expand(-1, num_samples),
                 log_pos,
@@ -599,31 +600,41 @@ class ProbabilisticCircuitModule(CircuitModule):
                 torch.full_like(weights, -math.inf),
             ]
         )
-        values = [inputs]  # every layer's [n, S] log values, kept for the top-down pass
-        layers = [self.circuit.layer(k) for k in range(len(self.circuit.layer_kinds))]
-        for layer in layers:
-            reduce = "logsumexp" if layer.kind == "or" else "sum"
-            values.append(layer_forward_torch(values[-1], layer.child, layer.offsets, reduce))
-        if not torch.isfinite(values[-1][root]).all():
+        circuit = self.circuit
+        layers, _ = circuit.torch_layers()
+        kinds = circuit.layer_kinds
+        values = [leaves]  # every layer's [n, S] log values, kept for the top-down pass
+        for layer, kind in zip(layers, kinds, strict=True):
+            reduce = "logsumexp" if kind == "or" else "sum"
+            edges = gather_rows(values, layer.gather)
+            values.append(segment_reduce_torch(edges, layer.offsets, reduce, layer.segment))
+        row = int(circuit.roots[root])
+        top = bisect.bisect_right(circuit.row_starts, row) - 1
+        local = row - circuit.row_starts[top]
+        if not torch.isfinite(values[top][local]).all():
             raise CircuitError(f"root {root} has probability 0 under these weights")
-        picked = torch.zeros_like(values[-1], dtype=torch.bool)
-        picked[root] = True
-        for k in range(len(layers) - 1, -1, -1):
-            layer, below = layers[k], values[k]
-            edge_on = picked.index_select(0, layer.edge_parent)  # [E, S]
-            if layer.kind == "or":
+        picked = [torch.zeros_like(v, dtype=torch.bool) for v in values]
+        picked[top][local] = True
+        for k in range(top, 0, -1):  # a layer's rows are final once every layer above is done
+            layer = layers[k - 1]
+            edge_on = picked[k].index_select(0, layer.segment)  # [E, S], edges in gather order
+            if kinds[k - 1] == "or":
                 # Gumbel-max over each node's edges picks child j with probability
                 # exp(value_j) / sum_i exp(value_i).
-                uniform = torch.rand(edge_on.shape, generator=generator, device=below.device)
-                score = below.index_select(0, layer.child) - torch.log(-torch.log(uniform))
-                best = torch.full(picked.shape, -math.inf, device=below.device)
-                best = best.scatter_reduce(0, _rows(layer.edge_parent, score), score, "amax")
-                edge_on &= score == best.index_select(0, layer.edge_parent)
-            reached = torch.zeros(below.shape, device=below.device)
-            reached.index_add_(0, layer.child.long(), edge_on.to(reached.dtype))
-            picked = reached > 0
-        n = self.circuit.num_vars
-        return torch.cat([picked[2 : 2 + self.num_vars], picked[2 + n : 2 + n + self.num_vars]])
+                uniform = torch.rand(edge_on.shape, generator=generator, device=leaves.device)
+                score = gather_rows(values, layer.gather) - torch.log(-torch.log(uniform))
+                best = torch.full(picked[k].shape, -math.inf, device=leaves.device)
+                best = best.scatter_reduce(0, _rows(layer.segment, score), score, "amax")
+                edge_on &= score == best.index_select(0, layer.segment)
+            at = 0
+            for source, index in layer.gather.parts:
+                reached = torch.zeros(picked[source].shape, device=leaves.device)
+                reached.index_add_(0, index, edge_on[at : at + index.numel()].to(reached.dtype))
+                picked[source] |= reached > 0
+                at += index.numel()
+        n = circuit.num_vars
+        chosen = picked[0]
+        return torch.cat([chosen[2 : 2 + self.num_vars], chosen[2 + n : 2 + n + self.num_vars]])
 
 
 def _is_int(x) -> bool:

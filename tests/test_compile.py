@@ -409,3 +409,41 @@ def test_fuzzy_semirings_evaluate_the_formula_as_written():
     expected = {"fuzzy_product": 0.442728, "fuzzy_godel": 0.5, "fuzzy_lukasiewicz": 0.8}
     for semiring, value in expected.items():
         assert compiled.module(semiring)(p).item() == pytest.approx(value, abs=1e-12)
+
+
+def test_fixed_accepts_bools_and_int_keys_only():
+    c = Circuit(3)
+    c.add_root(c.conjoin([c.literal(1), c.literal(2)]))
+    for fixed, problem in (
+        ({1: "false"}, "True/False"),
+        ({1: 2}, "True/False"),
+        ({1: None}, "True/False"),
+        ({True: True}, "not an integer"),
+        ({1.0: True}, "not an integer"),
+        ({0: True}, "1-based"),
+        ([(1, True)], "dict"),
+    ):
+        with pytest.raises(CircuitError, match=problem):
+            c.compile(fixed=fixed)
+    p = random_weights(4, 3, 3)
+    for value in (True, 1, np.bool_(True)):
+        out = c.compile(fixed={1: value}, smooth=False).module("real")(p)[:, 0]
+        torch.testing.assert_close(out, p[:, 1])  # x1 fixed true: the root is x2
+    out = c.compile(fixed={np.int64(2): 0}, smooth=False).module("real")(p)[:, 0]
+    assert (out == 0).all()
+
+
+@pytest.mark.parametrize("semiring", ["log", "real"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_constant_true_root_is_exactly_one(semiring, dtype):
+    """Smoothing multiplies in each variable's ``p + (1 - p)``: with the default complement it
+    is one by definition, so a root that is true evaluates to exactly the semiring's one (log:
+    0, not rounding's 7.5e-8), and so does a tautology conjoined onto a formula."""
+    c = Circuit(6)
+    c.add_root(c.true())
+    c.add_root(c.disjoin([c.literal(2), c.true()]))
+    module = c.compile().module(semiring)
+    p = random_weights(64, 6, 5, dtype=dtype, extremes=False)
+    x = p.log() if semiring == "log" else p
+    one = 0.0 if semiring == "log" else 1.0
+    assert (module(x) == one).all()

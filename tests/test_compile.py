@@ -11,6 +11,7 @@ import torch
 from conftest import brute_force, models_of_cnf, random_cnf, random_weights, shannon_circuit
 from pysdd.sdd import SddManager, Vtree
 from trilay.engine import Circuit
+from trilay.engine.circuit import AND, OR
 from trilay.engine.errors import CircuitError
 
 # ----------------------------------------------------------------------------- writers
@@ -447,3 +448,65 @@ def test_a_constant_true_root_is_exactly_one(semiring, dtype):
     x = p.log() if semiring == "log" else p
     one = 0.0 if semiring == "log" else 1.0
     assert (module(x) == one).all()
+
+
+def chain_circuit(depth: int) -> Circuit:
+    """``n_k = OR(AND(n_{k-1}, x_k), -x_k)``: a sequence model's shape, ``depth`` deep."""
+    c = Circuit(depth)
+    node = c.literal(1)
+    for k in range(2, depth + 1):
+        node = c.disjoin([c.conjoin([node, c.literal(k)]), c.literal(-k)])
+    c.add_root(node)
+    return c
+
+
+def internal_ir_nodes(c: Circuit) -> int:
+    kind, *_ = c.arrays()
+    return int(((kind == AND) | (kind == OR)).sum())
+
+
+@pytest.mark.parametrize("depth", [50, pytest.param(200_000, marks=pytest.mark.slow)])
+def test_deep_chain_layers_linearly(depth):
+    """Layering adds no node (KLay's pass-through chains made ~2 D^2 of them) and smoothing
+    O(log D) edges a level; values against brute force where it is feasible."""
+    c = chain_circuit(depth)
+    plain, smoothed = c.compile(smooth=False), c.compile()
+    assert plain.num_nodes - plain.num_leaves == internal_ir_nodes(c) == 2 * (depth - 1)
+    assert plain.num_layers == 2 * (depth - 1)
+    assert smoothed.num_edges <= 4 * depth * max(1, int(np.log2(depth)))
+    if depth <= 12:
+        return
+    # P(n_k) = P(n_{k-1}) p_k + (1 - p_k): against the recurrence itself.
+    p = random_weights(3, depth, 4, extremes=False)
+    expected = p[:, 0]
+    for k in range(1, depth):
+        expected = expected * p[:, k] + (1 - p[:, k])
+    for compiled in (plain, smoothed):
+        out = compiled.module("real")(p)[:, 0]
+        torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("n", [3, 64, 1000, pytest.param(100_000, marks=pytest.mark.slow)])
+def test_smoothing_a_wide_or_costs_n_log_n_edges(n):
+    """Each literal of an OR of ``n`` literals misses the other ``n - 1`` variables: smoothed
+    with shared segment-tree gadgets it costs O(n log n) edges, not n^2; the values match the
+    closed form (``p_i`` times the other variables' tautologies, summed)."""
+    c = Circuit(n)
+    c.add_root(c.disjoin([c.literal(v) for v in range(1, n + 1)]))
+    compiled = c.compile()
+    assert compiled.num_edges <= 4 * n * max(1, int(np.log2(n))) + 4 * n
+    if n <= 1000:
+        p = random_weights(2, n, 6, extremes=False)
+        neg = random_weights(2, n, 7, extremes=False)
+        tautology = p + neg
+        expected = sum(
+            p[:, i] * tautology[:, :i].prod(-1) * tautology[:, i + 1 :].prod(-1) for i in range(n)
+        )
+        torch.testing.assert_close(compiled.module("real")(p, neg)[:, 0], expected)
+
+
+def test_smoothing_a_wide_and_adds_nothing():
+    c = Circuit(5000)
+    c.add_root(c.conjoin([c.literal(v) for v in range(1, 5001)]))
+    compiled = c.compile()
+    assert compiled.num_nodes - compiled.num_leaves == 1 and compiled.num_edges == 5000

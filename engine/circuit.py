@@ -183,9 +183,11 @@ class Circuit:
         ``cnf`` is a DIMACS file path or a list of clauses (each a list of non-zero signed
         literals). ``num_vars`` defaults to the DIMACS header, or the largest variable, or the
         circuit's declared count. ``vtree`` is PySDD's vtree type (``balanced``, ``right``,
-        ``left``, ``vertical``, ...).
+        ``left``, ``vertical``, ...), over the variables the clauses mention (in their order):
+        libsdd holds about a kilobyte per manager variable, so a count far above the variables
+        used (``p cnf 16000000 1``) costs nothing.
         """
-        from .io import compile_cnf_with_pysdd, read_dimacs
+        from .io import compile_cnf_with_pysdd, read_dimacs, sdd_node_arrays
 
         if num_vars is not None:
             num_vars = _var_count(num_vars, "num_vars")
@@ -206,8 +208,17 @@ class Circuit:
         if largest > num_vars:
             raise CircuitError(f"CNF literal {largest} exceeds its variable count {num_vars}")
         self._check_var(num_vars, declare=True, source="CNF")
-        root = compile_cnf_with_pysdd(clauses, num_vars, vtree)
-        return self.add_sdd(root, num_vars=num_vars)
+        used = np.unique(np.abs(np.asarray([lit for c in clauses for lit in c], dtype=np.int64)))
+        local = {int(v): i + 1 for i, v in enumerate(used)}  # PySDD variable of each used one
+        root = compile_cnf_with_pysdd(
+            [[local[abs(lit)] if lit > 0 else -local[abs(lit)] for lit in c] for c in clauses],
+            used.size,
+            vtree,
+        )
+        kind, lit, child_start, children, node = sdd_node_arrays(root)
+        variable = np.concatenate(([0], used))
+        lit = np.sign(lit) * variable[np.abs(lit)]
+        return self.add_root(self._append_arrays(kind, lit, child_start, children, node))
 
     # ------------------------------------------------------------------ compile
     def compile(self, *, smooth: bool = True, fixed: dict[int, bool] | None = None):

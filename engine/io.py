@@ -43,6 +43,7 @@ with no content at all. A missing file raises :class:`~trilay.engine.errors.Miss
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -89,15 +90,21 @@ def _path_str(path) -> str:
 
 
 def _read(path) -> tuple[str, bytes]:
-    """``(path as str, the file's bytes)``; a missing file raises MissingFileError."""
+    """``(path as str, the file's bytes)``. A path that names no readable file (missing, a
+    directory, under a file, too long, with a NUL character) raises MissingFileError; other
+    OS errors (permissions, I/O) propagate as they are."""
     spath = _path_str(path)
     try:
         with open(os.fspath(path), "rb") as f:
             return spath, f.read()
-    except FileNotFoundError:
-        raise MissingFileError(spath) from None
-    except IsADirectoryError:
-        raise MissingFileError(spath, "is a directory, not a file") from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise MissingFileError(spath, e.strerror.lower()) from None
+    except ValueError as e:  # an embedded NUL character
+        raise MissingFileError(spath, f"not a path: {e}") from None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise MissingFileError(spath, e.strerror.lower()) from None
+        raise
 
 
 class _Lines:
@@ -122,7 +129,8 @@ class _Lines:
         ends = np.flatnonzero(step == -1)
         self._starts, self._ends = starts, ends
         num_tok = starts.size
-        line = np.searchsorted(np.flatnonzero(arr == ord("\n")), starts)
+        newlines = np.cumsum(arr == ord("\n"), dtype=np.int32 if arr.size < 2**31 else np.int64)
+        line = newlines[starts].astype(np.int64)  # 0-based line of each token
         new_line = np.ones(num_tok, dtype=bool)
         new_line[1:] = line[1:] != line[:-1]
         line_first = np.flatnonzero(new_line)
@@ -255,7 +263,23 @@ def _first_index(mask: np.ndarray) -> int:
 def _definitions(ids: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """For ids defined in order: ``(duplicate, resolve)``: ``duplicate[j]`` is true where
     ``ids[j]`` was defined before, and ``resolve(refs)`` gives the position of each ref's first
-    definition (-1 where it has none)."""
+    definition (-1 where it has none). Dense ids (as the tools write them) go through a lookup
+    table, others through a sort."""
+    positions = np.arange(ids.size, dtype=np.int64)
+    if ids.size == 0:
+        return np.zeros(0, dtype=bool), lambda refs: np.full(refs.size, -1, dtype=np.int64)
+    low, high = int(ids.min()), int(ids.max())
+    if high - low < 4 * ids.size + 1024:
+        table = np.full(high - low + 1, ids.size, dtype=np.int64)
+        np.minimum.at(table, ids - low, positions)
+        duplicate = table[ids - low] != positions
+
+        def resolve(refs: np.ndarray) -> np.ndarray:
+            inside = (refs >= low) & (refs <= high)
+            found = np.where(inside, table[np.where(inside, refs - low, 0)], ids.size)
+            return np.where(found < ids.size, found, -1)
+
+        return duplicate, resolve
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     again = np.zeros(ids.size, dtype=bool)
@@ -265,8 +289,6 @@ def _definitions(ids: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np
     unique_ids, unique_pos = sorted_ids[~again], order[~again]
 
     def resolve(refs: np.ndarray) -> np.ndarray:
-        if unique_ids.size == 0:
-            return np.full(refs.size, -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(unique_ids, refs), unique_ids.size - 1)
         return np.where(unique_ids[at] == refs, unique_pos[at], -1)
 
@@ -288,11 +310,10 @@ def _per_line_message(lines: np.ndarray, describe: Callable[[int], str]) -> Call
 # ---------------------------------------------------------------------------- vtree
 def read_vtree_file(vtree_path) -> set[int]:
     """Parse a libsdd vtree file; returns the set of variables at its leaves."""
-    spath, data = _read(vtree_path)
-    return set(_parse_vtree(data, spath).tolist())
+    return set(_parse_vtree(*_read(vtree_path)).tolist())
 
 
-def _parse_vtree(data: bytes, path: str) -> np.ndarray:
+def _parse_vtree(path: str, data: bytes) -> np.ndarray:
     """The variables at the vtree's leaves, sorted."""
     t = _Lines(data, path)
     m = t.size
@@ -417,14 +438,12 @@ def read_sdd_file(sdd_path, vtree_path=None) -> tuple[LocalDag, int | None]:
     allowed = None
     num_vars = None
     if vtree_path is not None:
-        vpath, vdata = _read(vtree_path)
-        allowed = _parse_vtree(vdata, vpath)
+        allowed = _parse_vtree(*_read(vtree_path))
         num_vars = int(allowed[-1])
-    spath, data = _read(sdd_path)
-    return _parse_sdd(data, spath, allowed), num_vars
+    return _parse_sdd(*_read(sdd_path), allowed), num_vars
 
 
-def _parse_sdd(data: bytes, path: str, allowed: np.ndarray | None) -> LocalDag:
+def _parse_sdd(path: str, data: bytes, allowed: np.ndarray | None = None) -> LocalDag:
     t = _Lines(data, path)
     m = t.size
     idx = np.arange(m)
@@ -563,8 +582,7 @@ def sdd_node_arrays(node) -> LocalDag:
     os.close(fd)
     try:
         node.manager.save(os.fsencode(name), node)
-        spath, data = _read(name)
-        return _parse_sdd(data, spath, None)
+        return _parse_sdd(*_read(name))
     finally:
         try:
             os.unlink(name)
@@ -586,10 +604,13 @@ def read_nnf_file(path) -> tuple[LocalDag, int | None]:
     declared; the nodes are sorted topologically (a cycle is a ParseError). The root is node 1
     (the first declared node if there is no node 1). Returns ``None`` as the variable count.
     """
-    spath, data = _read(path)
-    t = _Lines(data, spath)
+    return _parse_nnf(*_read(path))
+
+
+def _parse_nnf(path: str, data: bytes) -> tuple[LocalDag, int | None]:
+    t = _Lines(data, path)
     if t.size == 0:
-        raise ParseError("empty NNF file (no nodes)", spath, None)
+        raise ParseError("empty NNF file (no nodes)", path, None)
     if t.is_word(b"nnf")[0]:
         return _parse_c2d(t)
     return _parse_d4(t), None
@@ -916,7 +937,10 @@ def read_dimacs(path) -> tuple[list[list[int]], int]:
 
     A last clause without its terminating 0 is accepted.
     """
-    spath, data = _read(path)
+    return _parse_dimacs(*_read(path))
+
+
+def _parse_dimacs(spath: str, data: bytes) -> tuple[list[list[int]], int]:
     t = _Lines(data, spath)
     end = _first_index(t.first_byte_is(b"%"))
     idx = np.arange(t.size)

@@ -240,7 +240,18 @@ def read_c2d(data: bytes):
     return _dag(kind, lit, children, len(kind) - 1), n_vars
 
 
-# ----------------------------------------------------------------------------- d4
+# ----------------------------------------------------------------------------- d-DNNF
+def read_nnf(data: bytes):
+    """``("c2d", (local DAG, variable count))`` when the first content line is an ``nnf``
+    header, else ``("d4", evaluate)``."""
+    first = next(content_lines(data), None)
+    if first is None:
+        raise Refused(None, "empty")
+    if first[1][0] == b"nnf":
+        return "c2d", read_c2d(data)
+    return "d4", read_d4(data)
+
+
 def read_d4(data: bytes):
     """A d4 file as ``evaluate(weight) -> int``: the circuit's value mod ``2^61 - 1`` with
     literal ``l`` weighted ``weight(l)`` (sum for o, product for a, 1 for t, 0 for f; an edge
@@ -286,7 +297,19 @@ def read_d4(data: bytes):
     out: dict[int, list] = {}
     for parent, child, lits, _ in edges:
         out.setdefault(parent, []).append((child, lits))
-    for parent, child, _, line in edges:  # on a cycle: the parent is reachable from the child
+    # a cycle: peeling childless nodes off (Kahn) leaves some; then the first edge on one is
+    # the first whose parent is reachable from its child
+    children_left = {v: len(out.get(v, [])) for v in declared}
+    parents = {}
+    for parent, child, _, _ in edges:
+        parents.setdefault(child, []).append(parent)
+    ready = [v for v, k in children_left.items() if k == 0]
+    while ready:
+        for p in parents.get(ready.pop(), []):
+            children_left[p] -= 1
+            if children_left[p] == 0:
+                ready.append(p)
+    for parent, child, _, line in edges if any(children_left.values()) else []:
         seen, todo = {child}, [child]
         while todo:
             for nxt, _ in out.get(todo.pop(), []):

@@ -548,6 +548,24 @@ def test_d4_from_pysdd(tmp_path, seed):
     assert ref.evaluate_dag(arrays, weights.get) == ref.read_d4(p.read_bytes())(weights.get)
 
 
+def test_d4_deeper_than_the_vectorized_levels(tmp_path):
+    """A 3,000-node chain (past the level-by-level sort's limit, so the node-by-node sort
+    finishes it) reads as the reference reading evaluates it; closed into a cycle, the first
+    edge of the cycle in file order is named."""
+    n = 3000
+    decls = [f"o {i} 0" for i in range(1, n)] + [f"t {n} 0"]
+    edges = [f"{i} {i + 1} {(-1) ** i * (i % 7 + 1)} 0" for i in range(1, n)]
+    text = "\n".join(decls + edges[::-1]) + "\n"
+    arrays, _ = io.read_nnf_file(write(tmp_path, "chain.nnf", text))
+    check_dag(arrays)
+    weight = {l: 3 + (l % 11) for v in range(1, 8) for l in (v, -v)}.get
+    assert ref.evaluate_dag(arrays, weight) == ref.read_d4(text.encode())(weight)
+    cyclic = write(tmp_path, "cycle.nnf", text.replace(f"t {n} 0", f"o {n} 0") + f"{n} 1 0\n")
+    expect_error(
+        io.read_nnf_file, cyclic, n + 1, r"cycle through node 3000 \(edge 2999", ref.read_d4
+    )
+
+
 @pytest.mark.parametrize(
     "text, line, match",
     [

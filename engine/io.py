@@ -244,6 +244,18 @@ class _Lines:
     def fail(self, i: int, message: str):
         raise ParseError(message, self.path, int(self.lineno[i]))
 
+    def check_count(self, header: int, nodes: int, what: str) -> None:
+        """The rules at the end of a file with a ``<word> <count>`` header on content line
+        ``header``: the file has content, it has nodes, and ``count`` of them."""
+        if self.size == 0:
+            word = what.lower()
+            raise ParseError(f"empty {what} file (no '{word} <count>' header)", self.path, None)
+        if nodes == 0:
+            self.fail(header, f"{what} file has no nodes")
+        count = int(self.field(1)[header])
+        if count != nodes:
+            self.fail(header, f"header declares {count} {what} nodes but the file has {nodes}")
+
 
 def _first_hit(rules: list) -> tuple[int, object] | None:
     """The earliest line any rule flags; on one line, the first rule in order."""
@@ -401,14 +413,8 @@ def _parse_vtree(path: str, data: bytes) -> np.ndarray:
         ]
 
     t.raise_first(local, across)
-    if m == 0:
-        raise ParseError("empty vtree file (no 'vtree <count>' header)", path, None)
     lines = np.flatnonzero(node)
-    if lines.size == 0:
-        t.fail(h, "vtree file has no nodes")
-    count = int(t.field(1)[h])
-    if count != lines.size:
-        t.fail(h, f"header declares {count} vtree nodes but the file has {lines.size}")
+    t.check_count(h, lines.size, "vtree")
     # a tree: every node but the root (the last line) is some I node's child
     ids = t.field(1)[lines]
     kids = np.concatenate((t.field(2)[lines[is_i[lines]]], t.field(3)[lines[is_i[lines]]]))
@@ -516,14 +522,8 @@ def _parse_sdd(path: str, data: bytes, allowed: np.ndarray | None = None) -> Loc
         ]
 
     t.raise_first(local, across)
-    if m == 0:
-        raise ParseError("empty SDD file (no 'sdd <count>' header)", path, None)
     lines = np.flatnonzero(node)
-    if lines.size == 0:
-        t.fail(h, "SDD file has no nodes")
-    count = int(t.field(1)[h])
-    if count != lines.size:
-        t.fail(h, f"header declares {count} SDD nodes but the file has {lines.size}")
+    t.check_count(h, lines.size, "SDD")
     return _sdd_dag(t, lines, is_l[lines], is_d[lines], is_t[lines], lit[lines], k[lines])
 
 

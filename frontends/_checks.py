@@ -22,9 +22,13 @@ def check_unit_interval(x: torch.Tensor, what: str, hint: str = "") -> None:
     if (~nan).any():
         numbers = outside[~nan].double()
         found.append(
-            f"{int((~nan).sum())} values in [{numbers.min().item():.6g}, "
+            f"{_count(numbers.numel(), 'value')} in [{numbers.min().item():.6g}, "
             f"{numbers.max().item():.6g}]"
         )
     if nan.any():
-        found.append(f"{int(nan.sum())} NaN")
+        found.append(_count(int(nan.sum()), "NaN"))
     raise ValueRangeError(f"{what} must lie in [0, 1]; got {' and '.join(found)} outside it{hint}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 or noun == "NaN" else f"{n} {noun}s"

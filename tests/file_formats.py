@@ -53,6 +53,15 @@ def integers(tokens, line: int, signed=lambda position: False) -> list[int]:
     return [integer(t, line, signed(j)) for j, t in enumerate(tokens)]
 
 
+def count_header(seen, tokens, line: int) -> tuple[int, int]:
+    """A ``<word> <count>`` header: ``(count, line)``, unless it is the second one."""
+    if seen is not None:
+        raise Refused(line, "second header")
+    if len(tokens) != 2:
+        raise Refused(line, "header arity")
+    return integers(tokens[1:], line)[0], line
+
+
 # ----------------------------------------------------------------------------- vtree
 def read_vtree(data: bytes) -> list[int]:
     """The sorted variables of a vtree file."""
@@ -65,11 +74,7 @@ def read_vtree(data: bytes) -> list[int]:
     for line, tokens in content_lines(data):
         word = tokens[0]
         if word == b"vtree":
-            if header is not None:
-                raise Refused(line, "second header")
-            if len(tokens) != 2:
-                raise Refused(line, "header arity")
-            header = (integers(tokens[1:], line)[0], line)
+            header = count_header(header, tokens, line)
             continue
         if word not in (b"L", b"I"):
             raise Refused(line, "unknown line")
@@ -120,11 +125,7 @@ def read_sdd(data: bytes, vtree_variables=None):
     for line, tokens in content_lines(data):
         word = tokens[0]
         if word == b"sdd":
-            if header is not None:
-                raise Refused(line, "second header")
-            if len(tokens) != 2:
-                raise Refused(line, "header arity")
-            header = (integers(tokens[1:], line)[0], line)
+            header = count_header(header, tokens, line)
             continue
         if word not in (b"F", b"T", b"L", b"D"):
             raise Refused(line, "unknown line")

@@ -34,6 +34,7 @@ import torch
 from conftest import random_cnf
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from test_compile import sdd_of
 from test_fuzzy import NAMES, as_written
 from test_io import check_dag
 from trilay.engine import Circuit, io
@@ -418,14 +419,7 @@ def sdd_nodes(draw):
     used = draw(st.lists(st.integers(1, n), max_size=n, unique=True))
     literal = st.sampled_from(used or [1]).flatmap(lambda v: st.sampled_from([v, -v]))
     clauses = draw(st.lists(st.lists(literal, min_size=1 if used else 0), max_size=4))
-    mgr = pysdd.SddManager.from_vtree(pysdd.Vtree(n, list(range(1, n + 1)), "balanced"))
-    node = mgr.true()
-    for clause in clauses:
-        disjunction = mgr.false()
-        for lit in clause:
-            disjunction = disjunction | mgr.literal(lit)
-        node = node & disjunction
-    return node
+    return sdd_of(clauses, n)[1]
 
 
 def _check_add_sdd(node) -> None:

@@ -419,10 +419,10 @@ def test_deep_nnf_is_linear_and_keeps_multiplicity():
 @pytest.mark.parametrize(
     "values, found",
     [
-        ([1.5, 0.5], r"1 values in \[1\.5, 1\.5\]"),
+        ([1.5, 0.5], r"1 value in \[1\.5, 1\.5\]"),
         ([-0.25, 2.0], r"2 values in \[-0\.25, 2\]"),
         ([float("nan"), 0.5], "1 NaN"),
-        ([float("inf"), float("nan")], r"1 values in \[inf, inf\] and 1 NaN"),
+        ([float("inf"), float("nan")], r"1 value in \[inf, inf\] and 1 NaN"),
     ],
 )
 def test_truth_values_outside_unit_interval_are_refused(values, found):

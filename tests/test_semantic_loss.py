@@ -456,7 +456,7 @@ def test_errors():
     "x, found",
     [
         ([[-1.2, 0.3, 2.5]], r"2 values in \[-1\.2, 2\.5\]"),  # logits given as probabilities
-        ([[0.2, 1.0000001, 0.5]], r"1 values in \[1, 1\]"),
+        ([[0.2, 1.0000001, 0.5]], r"1 value in \[1, 1\]"),
         ([[0.2, float("nan"), 0.5]], "1 NaN"),
     ],
 )

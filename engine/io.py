@@ -75,10 +75,11 @@ VTREE_TYPES = ("right", "left", "vertical", "balanced", "random")
 _FORWARD = "undefined or forward reference (cycle?) to node"
 _LIMIT = f"trilay's limit of {MAX_VARS:,} variables"
 
-_BLANK = np.zeros(256, dtype=bool)
-_BLANK[list(b" \t\r\x0b\x0c\n")] = True
-_DIGIT = np.zeros(256, dtype=bool)
-_DIGIT[list(b"0123456789")] = True
+#: Byte classes: token bytes (not ASCII blanks) and, among them, the ones that are no digit.
+_SOLID = np.ones(256, dtype=bool)
+_SOLID[list(b" \t\r\x0b\x0c\n")] = False
+_NONDIGIT = _SOLID.copy()
+_NONDIGIT[list(b"0123456789")] = False
 #: Tokens with up to this many digits are read by numpy; longer ones (rare) one by one.
 _SHORT_DIGITS = 18
 
@@ -123,14 +124,15 @@ class _Lines:
         self._data = data
         arr = np.frombuffer(data, dtype=np.uint8)
         self._arr = arr
-        solid = ~_BLANK[arr]
+        solid = _SOLID[arr]
         step = np.diff(solid.view(np.int8), prepend=np.int8(0), append=np.int8(0))
         starts = np.flatnonzero(step == 1)
         ends = np.flatnonzero(step == -1)
         self._starts, self._ends = starts, ends
         num_tok = starts.size
-        newlines = np.cumsum(arr == ord("\n"), dtype=np.int32 if arr.size < 2**31 else np.int64)
-        line = newlines[starts].astype(np.int64)  # 0-based line of each token
+        # 0-based line of each token: the newlines before it, counted gap by gap
+        gap = np.searchsorted(starts, np.flatnonzero(arr == ord("\n")))
+        line = np.cumsum(np.bincount(gap, minlength=num_tok + 1)[:num_tok])
         new_line = np.ones(num_tok, dtype=bool)
         new_line[1:] = line[1:] != line[:-1]
         line_first = np.flatnonzero(new_line)
@@ -146,9 +148,9 @@ class _Lines:
         self.pos = np.arange(num_tok) - np.repeat(line_first, line_ntok)
 
         # integers: -?[0-9]+, checked byte by byte, read by numpy from a copy of the file in
-        # which every other byte is blanked out
+        # which every other token is blanked out (numpy's blanks are the grammar's)
         negative = arr[starts] == ord("-")
-        nondigit = solid & ~_DIGIT[arr]
+        nondigit = _NONDIGIT[arr]
         nondigit[starts[negative]] = False
         has_nondigit = np.logical_or.reduceat(nondigit, starts) if num_tok else nondigit[:0]
         digits = ends - starts - negative
@@ -156,12 +158,9 @@ class _Lines:
         short = syntax & (digits <= _SHORT_DIGITS)
         value = np.zeros(num_tok, dtype=np.int64)
         if short.any():
-            delta = np.zeros(arr.size + 1, dtype=np.int8)
-            delta[starts[short]] = 1
-            delta[ends[short]] = -1
-            keep = np.cumsum(delta[:-1], dtype=np.int8).view(bool)
-            text = np.where(keep, arr, np.uint8(ord(" "))).tobytes()
-            parsed = np.fromstring(text, dtype=np.int64, sep=" ")
+            text = arr.copy()
+            text[ranges(starts[~short], ends[~short])] = ord(" ")
+            parsed = np.fromstring(text.tobytes(), dtype=np.int64, sep=" ")
             assert parsed.size == int(short.sum()), "integer tokens and numbers read differ"
             value[short] = parsed
         is_int = short.copy()

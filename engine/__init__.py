@@ -10,7 +10,7 @@ Typical use::
 """
 
 from . import errors
-from .circuit import Circuit
+from .circuit import MAX_VARS, Circuit
 from .compiled import CompiledCircuit
 from .module import CircuitModule
 from .naive import evaluate_naive
@@ -18,6 +18,7 @@ from .semiring import SEMIRINGS, Semiring, get_semiring, log1mexp
 
 __all__ = [
     "Circuit",
+    "MAX_VARS",
     "CompiledCircuit",
     "CircuitModule",
     "Semiring",

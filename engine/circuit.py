@@ -21,6 +21,12 @@ from .errors import CircuitError
 #: Node kinds, as stored in the IR.
 FALSE, TRUE, LITERAL, AND, OR = 0, 1, 2, 3, 4
 
+#: The largest variable a circuit may have (2^24 = 16,777,216). Every builder and file reader
+#: refuses a variable or a declared variable count beyond it: the compiled circuit holds a leaf
+#: per literal and takes ``[..., num_vars]`` inputs, so a stray huge id would otherwise turn
+#: into a huge allocation in :meth:`Circuit.compile`.
+MAX_VARS = 1 << 24
+
 
 class Circuit:
     """A multi-rooted NNF circuit (literals, true, false, AND, OR) with shared sub-circuits.
@@ -31,13 +37,17 @@ class Circuit:
     and returns its index. Then :meth:`compile` it once and evaluate the result often.
 
     ``num_vars`` declares the variables ``1..num_vars``; a literal beyond it is an error. Left
-    as ``None``, the variable count is the largest variable any builder has seen.
+    as ``None``, the variable count is the largest variable any builder has seen. Variables are
+    at most :data:`MAX_VARS` (``2^24``); beyond it every builder raises
+    :class:`~trilay.engine.errors.CircuitError` (file readers
+    :class:`~trilay.engine.errors.ParseError`). A missing file raises
+    :class:`~trilay.engine.errors.MissingFileError`, a ``FileNotFoundError``.
     """
 
     def __init__(self, num_vars: int | None = None):
-        if num_vars is not None and (not _is_int(num_vars) or num_vars < 0):
-            raise CircuitError(f"num_vars must be a non-negative integer, got {num_vars!r}")
-        self._declared_vars = None if num_vars is None else int(num_vars)
+        if num_vars is not None:
+            num_vars = _var_count(num_vars, "num_vars")
+        self._declared_vars = num_vars
         self._max_var = 0
         self._kind: list[int] = []
         self._lit: list[int] = []
@@ -82,9 +92,7 @@ class Circuit:
     # ------------------------------------------------------------------ programmatic builders
     def literal(self, lit: int) -> int:
         """The node of literal ``lit``: ``+v`` for variable ``v`` true, ``-v`` for it false."""
-        if not _is_int(lit) or lit == 0:
-            raise CircuitError(f"a literal is a non-zero integer +v or -v, got {lit!r}")
-        lit = int(lit)
+        lit = _literal(lit, "a literal")
         self._check_var(abs(lit))
         return self._intern(LITERAL, lit)
 
@@ -108,11 +116,33 @@ class Circuit:
         return len(self._roots) - 1
 
     # ------------------------------------------------------------------ loaders
-    def add_sdd(self, node) -> int:
-        """Add a PySDD ``SddNode`` as a new root; returns the root index."""
+    def add_sdd(self, node, num_vars: int | None = None) -> int:
+        """Add a PySDD ``SddNode`` as a new root; returns the root index.
+
+        The node is a function of its manager's variables ``1..manager.var_count()``, which
+        the circuit's variable count then covers (as PySDD counts models: a variable the node
+        does not mention still doubles its model count), even for a literal or a constant node.
+        ``num_vars`` reads it over ``1..num_vars`` instead, which may be fewer than the
+        manager's when the node mentions none of the others (variables quantified out).
+        Raises :class:`~trilay.engine.errors.CircuitError` when that count exceeds the
+        circuit's declared one, or the node mentions a variable beyond ``num_vars``.
+        """
         from .io import sdd_node_arrays
 
-        return self.add_root(self._append_arrays(*sdd_node_arrays(node)))
+        arrays = sdd_node_arrays(node)
+        if num_vars is None:
+            num_vars, source = node.manager.var_count(), "the SddNode's manager"
+        else:
+            num_vars, source = _var_count(num_vars, "num_vars"), f"add_sdd(num_vars={num_vars})"
+            kind, lit = arrays[0], arrays[1]
+            mentioned = np.abs(lit[kind == LITERAL])
+            if mentioned.size and int(mentioned.max()) > num_vars:
+                raise CircuitError(
+                    f"the SddNode mentions variable {int(mentioned.max())}, beyond "
+                    f"num_vars={num_vars}"
+                )
+        self._check_var(num_vars, declare=True, source=source)
+        return self.add_root(self._append_arrays(*arrays))
 
     def add_sdd_file(
         self, sdd_path: str | os.PathLike, vtree_path: str | os.PathLike | None = None
@@ -153,23 +183,42 @@ class Circuit:
         ``cnf`` is a DIMACS file path or a list of clauses (each a list of non-zero signed
         literals). ``num_vars`` defaults to the DIMACS header, or the largest variable, or the
         circuit's declared count. ``vtree`` is PySDD's vtree type (``balanced``, ``right``,
-        ``left``, ``vertical``, ...).
+        ``left``, ``vertical``, ...), over the variables the clauses mention (in their order):
+        libsdd holds about a kilobyte per manager variable, so a count far above the variables
+        used (``p cnf 16000000 1``) costs nothing.
         """
-        from .io import compile_cnf_with_pysdd, read_dimacs
+        from .io import compile_cnf_with_pysdd, read_dimacs, sdd_node_arrays
 
+        if num_vars is not None:
+            num_vars = _var_count(num_vars, "num_vars")
         if isinstance(cnf, (str, os.PathLike)):
             clauses, header_vars = read_dimacs(cnf)
             num_vars = header_vars if num_vars is None else num_vars
         else:
-            clauses = [list(c) for c in cnf]
+            try:
+                clauses = [[_literal(lit, "a CNF literal") for lit in c] for c in cnf]
+            except TypeError:
+                raise CircuitError(
+                    "a CNF is a DIMACS path or a sequence of clauses (sequences of literals), "
+                    f"got {cnf!r:.80}"
+                ) from None
         largest = max((abs(int(lit)) for c in clauses for lit in c), default=0)
         if num_vars is None:
             num_vars = max(largest, self.num_vars, 1)
         if largest > num_vars:
             raise CircuitError(f"CNF literal {largest} exceeds its variable count {num_vars}")
         self._check_var(num_vars, declare=True, source="CNF")
-        root = compile_cnf_with_pysdd(clauses, num_vars, vtree)
-        return self.add_sdd(root)
+        used = np.unique(np.abs(np.asarray([lit for c in clauses for lit in c], dtype=np.int64)))
+        local = {int(v): i + 1 for i, v in enumerate(used)}  # PySDD variable of each used one
+        root = compile_cnf_with_pysdd(
+            [[local[abs(lit)] if lit > 0 else -local[abs(lit)] for lit in c] for c in clauses],
+            used.size,
+            vtree,
+        )
+        kind, lit, child_start, children, node = sdd_node_arrays(root)
+        variable = np.concatenate(([0], used))
+        lit = np.sign(lit) * variable[np.abs(lit)]
+        return self.add_root(self._append_arrays(kind, lit, child_start, children, node))
 
     # ------------------------------------------------------------------ compile
     def compile(self, *, smooth: bool = True, fixed: dict[int, bool] | None = None):
@@ -257,3 +306,20 @@ class Circuit:
 
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _literal(lit, what: str) -> int:
+    """``lit`` as a literal (``+v`` or ``-v``, ``1 <= v <= MAX_VARS``), else CircuitError."""
+    if not _is_int(lit) or lit == 0 or abs(lit) > MAX_VARS:
+        raise CircuitError(
+            f"{what} is a non-zero integer +v or -v with 1 <= v <= {MAX_VARS:,} (variables are "
+            f"1-based: v is input column v - 1), got {lit!r}"
+        )
+    return int(lit)
+
+
+def _var_count(n, name: str) -> int:
+    """``n`` as a variable count (an integer in ``0..MAX_VARS``), else CircuitError."""
+    if not _is_int(n) or not 0 <= n <= MAX_VARS:
+        raise CircuitError(f"{name} must be an integer in 0..{MAX_VARS:,}, got {n!r}")
+    return int(n)

@@ -8,31 +8,54 @@ the signed literal of a LITERAL node and 0 otherwise) and the local id of the ou
 
 Formats:
 
-* SDD text files written by libsdd / PySDD (``sdd``, ``F``, ``T``, ``L``, ``D`` lines), with
-  the optional vtree file (``vtree``, ``L``, ``I`` lines): :func:`read_sdd_file`.
-* d-DNNF in c2d format (``nnf <nodes> <edges> <vars>`` header) or d4 format (``o/a/t/f <id> 0``
-  declarations and ``<parent> <child> <lits>* 0`` edges): :func:`read_nnf_file`.
-* DIMACS CNF: :func:`read_dimacs`, compiled by :func:`compile_cnf_with_pysdd`.
+* SDD text files written by libsdd / PySDD (``sdd <count>``, ``F <id>``, ``T <id>``,
+  ``L <id> <vtree> <literal>``, ``D <id> <vtree> <k> {<prime> <sub>}*k``; a node line refers
+  only to ids defined on earlier lines; the root is the last node line), with the optional
+  vtree file (``vtree <count>``, ``L <id> <var>``, ``I <id> <left> <right>``; children defined
+  on earlier lines, each node the child of at most one ``I`` node, one tree whose root is the
+  last line): :func:`read_sdd_file`, :func:`read_vtree_file`.
+* d-DNNF in c2d format (``nnf <nodes> <edges> <vars>`` header first, then ``L <literal>``,
+  ``A <c> <child>*c``, ``O <var> <c> <child>*c`` lines numbered from 0, children numbered below
+  their parent) or d4 format (``o|a|t|f <id> 0`` declarations, positive ids, and
+  ``<parent> <child> <literal>* 0`` edges, in any order): :func:`read_nnf_file`.
+* DIMACS CNF (``p cnf <vars> <clauses>`` header, then clauses ended by ``0``, possibly spanning
+  lines, the last one possibly without its ``0``; a line starting with ``%`` ends the file):
+  :func:`read_dimacs`, compiled by :func:`compile_cnf_with_pysdd`.
 
-Malformed files raise :class:`~trilay.engine.errors.ParseError` naming the file and the
-1-based line (``err.path``, ``err.line``); ``err.line`` is ``None`` only for errors about the
-file as a whole (an empty file).
+Lexical rules, shared by every format: lines end at ``\\n``; tokens are separated by ASCII blanks
+(space, tab, CR, VT, FF); blank lines are skipped, and so is every line whose first token begins
+with ``c`` (a comment). Integers are ASCII digits (leading zeros allowed), with a leading ``-``
+only where the format has negative numbers (literals), of magnitude below ``2^62``
+(:data:`MAX_INT`). Variables are ``1..MAX_VARS`` (:data:`trilay.engine.circuit.MAX_VARS`,
+``2^24``), and so is a header's variable count at most. Header counts of nodes, edges and
+clauses are checked against the lines that follow; nothing is allocated from them.
+
+Each format has one grammar and one reader: a vectorized pass over the whole file (numpy, no
+per-line Python work) that either accepts the file or raises
+:class:`~trilay.engine.errors.ParseError` naming the file and the 1-based line of the first
+error in file order (``err.path``, ``err.line``): the first line that breaks a rule of its own
+(a token, an arity, a range) or refers to what the lines before it do not define (an undefined
+or duplicate id, a reused vtree child). Rules only the whole file can check come after: header
+counts (named at the header), d4's undeclared nodes, constant parents and cycles (named at the
+first edge at fault in file order), a vtree forest. ``err.line`` is ``None`` only for a file
+with no content at all. A missing file raises :class:`~trilay.engine.errors.MissingFileError`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ._segments import ranges
-from .circuit import AND, FALSE, LITERAL, OR, TRUE
-from .errors import CircuitError, ParseError
+from .circuit import AND, FALSE, LITERAL, MAX_VARS, OR, TRUE
+from .errors import CircuitError, MissingFileError, ParseError
 
 __all__ = [
+    "MAX_INT",
     "read_sdd_file",
     "read_vtree_file",
     "sdd_node_arrays",
@@ -43,240 +66,367 @@ __all__ = [
 
 LocalDag = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
 
+#: Every integer in a file has a magnitude below this (ids, counts and literals alike).
+MAX_INT = 2**62
+
 #: Vtree types libsdd knows; any other string makes libsdd exit the process, so we check first.
 VTREE_TYPES = ("right", "left", "vertical", "balanced", "random")
 
 _FORWARD = "undefined or forward reference (cycle?) to node"
+_LIMIT = f"trilay's limit of {MAX_VARS:,} variables"
 
-#: Literals beyond this are rejected (they would not fit the int64 arrays).
-_MAX_VAR = 2**62
+#: Byte classes: token bytes (not ASCII blanks) and, among them, the ones that are no digit.
+_SOLID = np.ones(256, dtype=bool)
+_SOLID[list(b" \t\r\x0b\x0c\n")] = False
+_NONDIGIT = _SOLID.copy()
+_NONDIGIT[list(b"0123456789")] = False
+#: Tokens with up to this many digits are read by numpy; longer ones (rare) one by one.
+_SHORT_DIGITS = 18
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- reading files
 def _path_str(path) -> str:
     p = os.fspath(path)
     return os.fsdecode(p) if isinstance(p, bytes) else p
 
 
-def _read_lines(path) -> list[str]:
-    with open(os.fspath(path), "rb") as f:
-        return _decode_lines(f.read())
-
-
-def _decode_lines(data: bytes) -> list[str]:
-    # split on '\n' only (str.splitlines also splits on \x0b, \x1c, ... and would shift line
-    # numbers); a trailing '\r' disappears in str.split().
-    return data.decode("utf-8", "replace").split("\n")
-
-
-def _ints(toks: Sequence[str], path: str, lineno: int) -> list[int]:
+def _read(path) -> tuple[str, bytes]:
+    """``(path as str, the file's bytes)``. A path that names no readable file (missing, a
+    directory, under a file, too long, with a NUL character) raises MissingFileError; other
+    OS errors (permissions, I/O) propagate as they are."""
+    spath = _path_str(path)
     try:
-        return [int(t) for t in toks]
-    except ValueError:
-        bad = next(t for t in toks if not _is_int_token(t))
-        raise ParseError(f"expected an integer, got {bad!r}", path, lineno) from None
+        with open(os.fspath(path), "rb") as f:
+            return spath, f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise MissingFileError(spath, e.strerror.lower()) from None
+    except ValueError as e:  # an embedded NUL character
+        raise MissingFileError(spath, f"not a path: {e}") from None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise MissingFileError(spath, e.strerror.lower()) from None
+        raise
 
 
-def _is_int_token(t: str) -> bool:
-    try:
-        int(t)
-    except ValueError:
-        return False
-    return True
+class _Lines:
+    """A file's content lines and their tokens, with every integer read, in one vectorized pass.
 
-
-def _finish(
-    kind: list[int], lit: list[int], counts: list[int], children: list[int], root: int
-) -> LocalDag:
-    child_start = np.zeros(len(counts) + 1, dtype=np.int64)
-    if counts:
-        np.cumsum(np.asarray(counts, dtype=np.int64), out=child_start[1:])
-    return (
-        np.asarray(kind, dtype=np.int64),
-        np.asarray(lit, dtype=np.int64),
-        child_start,
-        np.asarray(children, dtype=np.int64),
-        int(root),
-    )
-
-
-_I64 = np.iinfo(np.int64)
-
-
-def _numeric_lines(data: bytes, letters: bytes, header_word: str | None, numeric: bool = False):
-    """Vectorized tokenizer for files made of one header line, ``c`` comment lines and node lines
-    ``<letter> <int>*`` (and, with ``numeric``, lines of integers only): the fast path of the SDD,
-    c2d and d4 readers.
-
-    Returns ``(letter per node line (uint8; 0 for an all-integer line), integers per node line,
-    offset of each node line's first integer, all integers flat, header tokens)``, or ``None``
-    whenever the file has anything
-    unusual (leading blanks, a non-integer, a second header, ...): the caller then runs its
-    line-by-line parser, which accepts any valid file and reports errors with line numbers.
+    Content lines (neither blank nor comments) are numbered ``0..size-1``: ``lineno[i]`` is the
+    1-based file line of content line ``i``, ``first[i]`` the index of its first token and
+    ``ntok[i]`` its token count. Per token: ``line`` (its content line, -1 in a comment),
+    ``pos`` (its position in the line), ``value`` (int64, 0 unless ``is_int``), ``is_int``
+    (integer syntax and magnitude below :data:`MAX_INT`), ``syntax`` (``-?[0-9]+``, of any
+    magnitude) and ``negative`` (a leading ``-``).
     """
-    if b"\r" in data:
-        data = data.replace(b"\r", b" ")
-    arr = np.frombuffer(data, dtype=np.uint8)
-    n = arr.size
-    if n == 0:
-        return None
-    nl = np.flatnonzero(arr == 10)
-    starts = np.concatenate(([0], nl + 1))
-    ends = np.concatenate((nl, [n]))
-    keep = starts < ends
-    if not keep.all():
-        starts, ends = starts[keep], ends[keep]
-    first = arr[starts]
-    table = np.zeros(256, dtype=bool)
-    table[list(letters)] = True
-    is_letter = table[first]
-    is_num = np.zeros_like(is_letter)
-    if numeric:
-        is_num = ((first >= ord("0")) & (first <= ord("9"))) | (first == ord("-"))
-    is_node = is_letter | is_num
-    is_comment = first == ord("c")
-    is_header = first == ord(header_word[0]) if header_word else np.zeros_like(is_node)
-    if not (is_node | is_comment | is_header).all() or int(is_header.sum()) != (
-        1 if header_word else 0
-    ):
-        return None
-    node_starts, node_ends = starts[is_node], ends[is_node]
-    if node_starts.size == 0:
-        return None
-    header = []
-    if header_word:
-        h = int(np.flatnonzero(is_header)[0])
-        if starts[h] > node_starts[0]:
-            return None
-        header = data[starts[h] : ends[h]].split()
-        if not header or header[0] != header_word.encode():
-            return None
-    # a letter must be followed by a blank
-    let_starts, let_ends = starts[is_letter], ends[is_letter]
-    if (let_ends - let_starts < 2).any():
-        return None
-    second = arr[let_starts + 1]
-    if not ((second == 32) | (second == 9)).all():
-        return None
-    buf = arr.copy()
-    for s, e in zip(starts[~is_node].tolist(), ends[~is_node].tolist(), strict=True):
-        buf[s:e] = 32
-    buf[let_starts] = 32
-    # blanks: every byte <= 32; a control character that is not whitespace makes fromstring
-    # stop early, which the count check below catches
-    solid = buf > 32
-    tok_start = np.flatnonzero(solid[1:] > solid[:-1]) + 1
-    if solid[0]:
-        tok_start = np.concatenate(([0], tok_start))
-    lo = np.searchsorted(tok_start, node_starts)
-    ntok = np.searchsorted(tok_start, node_ends) - lo
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            ints = np.fromstring(buf.tobytes(), dtype=np.int64, sep=" ")
-        except (ValueError, DeprecationWarning, AttributeError):  # AttributeError: no fromstring
-            return None
-    if ints.size != tok_start.size or (
-        ints.size and ((ints == _I64.max) | (ints == _I64.min)).any()
-    ):
-        return None
-    letter = np.where(is_letter, first, 0)[is_node]
-    return letter, ntok, lo, ints, [t.decode("ascii", "replace") for t in header]
+
+    def __init__(self, data: bytes, path: str):
+        self.path = path
+        self._data = data
+        arr = np.frombuffer(data, dtype=np.uint8)
+        self._arr = arr
+        solid = _SOLID[arr]
+        step = np.diff(solid.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+        starts = np.flatnonzero(step == 1)
+        ends = np.flatnonzero(step == -1)
+        self._starts, self._ends = starts, ends
+        num_tok = starts.size
+        # 0-based line of each token: the newlines before it, counted gap by gap
+        gap = np.searchsorted(starts, np.flatnonzero(arr == ord("\n")))
+        line = np.cumsum(np.bincount(gap, minlength=num_tok + 1)[:num_tok])
+        new_line = np.ones(num_tok, dtype=bool)
+        new_line[1:] = line[1:] != line[:-1]
+        line_first = np.flatnonzero(new_line)
+        line_ntok = np.diff(line_first, append=num_tok)
+        content = arr[starts[line_first]] != ord("c")
+        self.first = line_first[content]
+        self.ntok = line_ntok[content]
+        self.lineno = line[self.first] + 1
+        self.size = int(self.first.size)
+        in_content = np.repeat(content, line_ntok)
+        self.line = np.full(num_tok, -1, dtype=np.int64)
+        self.line[in_content] = np.repeat(np.arange(self.size), self.ntok)
+        self.pos = np.arange(num_tok) - np.repeat(line_first, line_ntok)
+
+        # integers: -?[0-9]+, checked byte by byte, read by numpy from a copy of the file in
+        # which every other token is blanked out (numpy's blanks are the grammar's)
+        negative = arr[starts] == ord("-")
+        nondigit = _NONDIGIT[arr]
+        nondigit[starts[negative]] = False
+        has_nondigit = np.logical_or.reduceat(nondigit, starts) if num_tok else nondigit[:0]
+        digits = ends - starts - negative
+        syntax = ~has_nondigit & (digits > 0) & in_content
+        short = syntax & (digits <= _SHORT_DIGITS)
+        value = np.zeros(num_tok, dtype=np.int64)
+        if short.any():
+            text = arr.copy()
+            text[ranges(starts[~short], ends[~short])] = ord(" ")
+            parsed = np.fromstring(text.tobytes(), dtype=np.int64, sep=" ")
+            assert parsed.size == int(short.sum()), "integer tokens and numbers read differ"
+            value[short] = parsed
+        is_int = short.copy()
+        for t in np.flatnonzero(syntax & ~short).tolist():
+            number = int(data[starts[t] : ends[t]])  # validated ASCII: int() reads it exactly
+            if abs(number) < MAX_INT:
+                value[t], is_int[t] = number, True
+        self.value, self.is_int, self.syntax, self.negative = value, is_int, syntax, negative
+
+    # ------------------------------------------------------------------ per content line
+    def is_word(self, word: bytes) -> np.ndarray:
+        """Mask over content lines: the first token is exactly ``word``."""
+        start = self._starts[self.first]
+        mask = self._ends[self.first] - start == len(word)
+        for j, byte in enumerate(word):
+            mask &= self._arr[np.minimum(start + j, self._arr.size - 1)] == byte
+        return mask
+
+    def first_byte_is(self, byte: bytes) -> np.ndarray:
+        """Mask over content lines: the first token begins with ``byte``."""
+        return self._arr[self._starts[self.first]] == ord(byte)
+
+    def field(self, j: int) -> np.ndarray:
+        """The integer value of each content line's token ``j`` (0 where there is none)."""
+        if self.value.size == 0:
+            return np.zeros(self.size, dtype=np.int64)
+        has = self.ntok > j
+        return np.where(has, self.value[np.minimum(self.first + j, self.value.size - 1)], 0)
+
+    def on_lines(self, mask: np.ndarray) -> np.ndarray:
+        """Mask over tokens: the token is on a content line where ``mask`` holds."""
+        return np.append(mask, False)[self.line]
+
+    def word(self, i: int) -> str:
+        return self.token(int(self.first[i]))
+
+    def token(self, t: int) -> str:
+        return self._data[self._starts[t] : self._ends[t]].decode("utf-8", "replace")
+
+    def text(self, i: int) -> str:
+        last = int(self.first[i] + self.ntok[i] - 1)
+        return self._data[self._starts[self.first[i]] : self._ends[last]].decode("utf-8", "replace")
+
+    # ------------------------------------------------------------------ rules
+    def integer_rule(self, tokens: np.ndarray, signed: np.ndarray) -> tuple[np.ndarray, Callable]:
+        """The rule "each of ``tokens`` (a mask over tokens) is an integer, negative only where
+        ``signed`` allows": ``(mask over content lines breaking it, message of a line)``."""
+        bad = np.flatnonzero(tokens & (~self.is_int | (self.negative & ~signed)))
+        lines = np.zeros(self.size, dtype=bool)
+        lines[self.line[bad]] = True
+
+        def message(i: int) -> str:
+            t = int(bad[np.searchsorted(self.line[bad], i)])
+            text = self.token(t)
+            if not self.syntax[t]:
+                return f"expected an integer, got {text!r}"
+            if not self.is_int[t]:
+                return f"integer {text} is out of range (magnitudes are below 2^62)"
+            return f"expected a non-negative integer, got {text!r}"
+
+        return lines, message
+
+    def raise_first(self, *stages: Callable[[int], list]) -> None:
+        """Raise the first error in file order over the ``stages`` (each a function of the
+        number of leading content lines it may read, returning ``(mask, message)`` rules in the
+        order a line checks them): the first stage's earliest error, unless a later stage finds
+        one earlier in the lines before it (their rules need those lines well formed)."""
+        found = None
+        limit = self.size
+        for stage in stages:
+            hit = _first_hit(stage(limit))
+            if hit is not None and (found is None or hit[0] < found[0]):
+                found = hit
+                limit = hit[0]
+        if found is not None:
+            i, message = found
+            text = message(i) if callable(message) else message
+            raise ParseError(text, self.path, int(self.lineno[i]))
+
+    def fail(self, i: int, message: str):
+        raise ParseError(message, self.path, int(self.lineno[i]))
+
+    def check_count(self, header: int, nodes: int, what: str) -> None:
+        """The rules at the end of a file with a ``<word> <count>`` header on content line
+        ``header``: the file has content, it has nodes, and ``count`` of them."""
+        if self.size == 0:
+            word = what.lower()
+            raise ParseError(f"empty {what} file (no '{word} <count>' header)", self.path, None)
+        if nodes == 0:
+            self.fail(header, f"{what} file has no nodes")
+        count = int(self.field(1)[header])
+        if count != nodes:
+            self.fail(header, f"header declares {count} {what} nodes but the file has {nodes}")
 
 
-def _index_of(ids: np.ndarray, refs: np.ndarray) -> np.ndarray | None:
-    """Position in ``ids`` of each of ``refs``; ``None`` if ``ids`` has a duplicate or a ref is
-    not in ``ids``."""
-    m = ids.size
-    positions = np.arange(m, dtype=np.int64)
-    if m == 0:
-        return None if refs.size else positions
-    lo_id, hi_id = int(ids.min()), int(ids.max())
-    if hi_id - lo_id < 4 * m + 1024:  # dense ids (as the tools write them): a lookup table
-        table = np.full(hi_id - lo_id + 1, -1, dtype=np.int64)
-        table[ids - lo_id] = positions
-        if (table[ids - lo_id] != positions).any():
-            return None
-        if refs.size and (int(refs.min()) < lo_id or int(refs.max()) > hi_id):
-            return None
-        found = table[refs - lo_id]
-        return None if (found < 0).any() else found
+def _first_hit(rules: list) -> tuple[int, object] | None:
+    """The earliest line any rule flags; on one line, the first rule in order."""
+    found = None
+    for mask, message in rules:
+        hit = np.flatnonzero(mask)
+        if hit.size and (found is None or hit[0] < found[0]):
+            found = (int(hit[0]), message)
+    return found
+
+
+def _first_index(mask: np.ndarray) -> int:
+    hit = np.flatnonzero(mask)
+    return int(hit[0]) if hit.size else mask.size
+
+
+def _definitions(ids: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """For ids defined in order: ``(duplicate, resolve)``: ``duplicate[j]`` is true where
+    ``ids[j]`` was defined before, and ``resolve(refs)`` gives the position of each ref's first
+    definition (-1 where it has none). Dense ids (as the tools write them) go through a lookup
+    table, others through a sort."""
+    positions = np.arange(ids.size, dtype=np.int64)
+    if ids.size == 0:
+        return np.zeros(0, dtype=bool), lambda refs: np.full(refs.size, -1, dtype=np.int64)
+    low, high = int(ids.min()), int(ids.max())
+    if high - low < 4 * ids.size + 1024:
+        table = np.full(high - low + 1, ids.size, dtype=np.int64)
+        np.minimum.at(table, ids - low, positions)
+        duplicate = table[ids - low] != positions
+
+        def resolve(refs: np.ndarray) -> np.ndarray:
+            inside = (refs >= low) & (refs <= high)
+            found = np.where(inside, table[np.where(inside, refs - low, 0)], ids.size)
+            return np.where(found < ids.size, found, -1)
+
+        return duplicate, resolve
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
-    if (sorted_ids[1:] == sorted_ids[:-1]).any():
-        return None
-    pos = np.searchsorted(sorted_ids, refs)
-    pos[pos == m] = 0
-    if (sorted_ids[pos] != refs).any():
-        return None
-    return order[pos]
+    again = np.zeros(ids.size, dtype=bool)
+    again[1:] = sorted_ids[1:] == sorted_ids[:-1]
+    duplicate = np.zeros(ids.size, dtype=bool)
+    duplicate[order[again]] = True
+    unique_ids, unique_pos = sorted_ids[~again], order[~again]
+
+    def resolve(refs: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(unique_ids, refs), unique_ids.size - 1)
+        return np.where(unique_ids[at] == refs, unique_pos[at], -1)
+
+    return duplicate, resolve
+
+
+def _line_mask(size: int, lines: np.ndarray) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[lines] = True
+    return mask
+
+
+def _per_line_message(lines: np.ndarray, describe: Callable[[int], str]) -> Callable:
+    """A message for content line ``i``: ``describe(j)`` of the first ``j`` with
+    ``lines[j] == i`` (``lines`` ascending)."""
+    return lambda i: describe(int(np.searchsorted(lines, i)))
 
 
 # ---------------------------------------------------------------------------- vtree
 def read_vtree_file(vtree_path) -> set[int]:
     """Parse a libsdd vtree file; returns the set of variables at its leaves."""
-    path = _path_str(vtree_path)
-    lines = _read_lines(vtree_path)
-    header_line = header_count = None
-    ids: set[int] = set()
-    variables: set[int] = set()
-    count = 0
-    for lineno, line in enumerate(lines, 1):
-        toks = line.split()
-        if not toks or toks[0][0] == "c":
-            continue
-        t = toks[0]
-        if t == "vtree":
-            if header_line is not None:
-                raise ParseError(
-                    f"second 'vtree' header (first at line {header_line})", path, lineno
-                )
-            if len(toks) != 2:
-                raise ParseError(
-                    f"the header is 'vtree <count>', got {line.strip()!r}", path, lineno
-                )
-            header_count = _ints(toks[1:], path, lineno)[0]
-            header_line = lineno
-            continue
-        if t not in ("L", "I"):
-            raise ParseError(
-                f"unknown vtree line type {t!r} (expected vtree, L, I or c)", path, lineno
-            )
-        if header_line is None:
-            raise ParseError("vtree node line before the 'vtree <count>' header", path, lineno)
-        want = 3 if t == "L" else 4
-        if len(toks) != want:
-            form = "L <id> <var>" if t == "L" else "I <id> <left> <right>"
-            raise ParseError(f"a vtree {t} line is '{form}', got {len(toks)} tokens", path, lineno)
-        nums = _ints(toks[1:], path, lineno)
-        if nums[0] in ids:
-            raise ParseError(f"duplicate vtree node id {nums[0]}", path, lineno)
-        if t == "L":
-            var = nums[1]
-            if var < 1:
-                raise ParseError(f"vtree variable {var} is not positive", path, lineno)
-            if var in variables:
-                raise ParseError(f"vtree variable {var} appears at two leaves", path, lineno)
-            variables.add(var)
-        else:
-            for ref in nums[1:]:
-                if ref not in ids:
-                    raise ParseError(
-                        f"{_FORWARD.replace('node', 'vtree node')} {ref}", path, lineno
-                    )
-        ids.add(nums[0])
-        count += 1
-    if header_line is None:
-        raise ParseError("empty vtree file (no 'vtree <count>' header)", path, None)
-    if count == 0:
-        raise ParseError("vtree file has no nodes", path, header_line)
-    if count != header_count:
-        raise ParseError(
-            f"header declares {header_count} vtree nodes but the file has {count}",
-            path,
-            header_line,
+    return set(_parse_vtree(*_read(vtree_path)).tolist())
+
+
+def _parse_vtree(path: str, data: bytes) -> np.ndarray:
+    """The variables at the vtree's leaves, sorted."""
+    t = _Lines(data, path)
+    m = t.size
+    idx = np.arange(m)
+    header = t.is_word(b"vtree")
+    is_l, is_i = t.is_word(b"L"), t.is_word(b"I")
+    node = is_l | is_i
+    h = _first_index(header)
+    arity = np.where(is_l, 3, 4)
+    var = t.field(2)
+    ints, int_message = t.integer_rule(
+        t.on_lines(header | node) & (t.pos > 0), np.zeros(t.value.size, dtype=bool)
+    )
+
+    def local(limit: int) -> list:
+        return [
+            (
+                ~(header | node),
+                lambda i: f"unknown vtree line type {t.word(i)!r} (expected vtree, L, I or c)",
+            ),
+            (header & (idx > h), lambda i: f"second 'vtree' header (first at line {t.lineno[h]})"),
+            (
+                header & (t.ntok != 2),
+                lambda i: f"the header is 'vtree <count>', got {t.text(i)!r}",
+            ),
+            (node & (idx < h), "vtree node line before the 'vtree <count>' header"),
+            (
+                node & (t.ntok != arity),
+                lambda i: (
+                    f"a vtree {t.word(i)} line is "
+                    f"'{'L <id> <var>' if is_l[i] else 'I <id> <left> <right>'}', "
+                    f"got {t.ntok[i]} tokens"
+                ),
+            ),
+            (ints, int_message),
+            (
+                is_l & (var > MAX_VARS),
+                lambda i: f"vtree variable {var[i]} is beyond {_LIMIT}",
+            ),
+            (is_l & (var == 0), "vtree variable 0 is not positive (variables are 1-based)"),
+        ]
+
+    def across(limit: int) -> list:
+        lines = np.flatnonzero(node[:limit])
+        duplicate, resolve = _definitions(t.field(1)[lines])
+        inner = np.flatnonzero(is_i[lines])
+        # children in reading order (left before right) and the node each one resolves to
+        kids = np.stack([t.field(2)[lines[inner]], t.field(3)[lines[inner]]], 1).ravel()
+        owner = np.repeat(inner, 2)
+        target = resolve(kids)
+        undefined = (target < 0) | (target >= owner)
+        defined = np.flatnonzero(~undefined)
+        again, first_use = _definitions(target[defined])
+        reused = defined[again]
+        first_owner = owner[defined[first_use(target[reused])]]
+        leaves = np.flatnonzero(is_l[lines])
+        leaf_again, _ = _definitions(var[lines[leaves]])
+        bad_ref, bad_use = lines[owner[undefined]], lines[owner[reused]]
+        return [
+            (
+                _line_mask(m, lines[duplicate]),
+                lambda i: f"duplicate vtree node id {t.field(1)[i]}",
+            ),
+            (
+                _line_mask(m, bad_ref),
+                _per_line_message(
+                    bad_ref,
+                    lambda j: f"{_FORWARD.replace('node', 'vtree node')} {kids[undefined][j]}",
+                ),
+            ),
+            (
+                _line_mask(m, bad_use),
+                _per_line_message(
+                    bad_use,
+                    lambda j: (
+                        f"vtree node {kids[reused[j]]} is already a child of the I node at line "
+                        f"{t.lineno[lines[first_owner[j]]]} (a vtree is a tree)"
+                    ),
+                ),
+            ),
+            (
+                _line_mask(m, lines[leaves[leaf_again]]),
+                lambda i: f"vtree variable {var[i]} appears at two leaves",
+            ),
+        ]
+
+    t.raise_first(local, across)
+    lines = np.flatnonzero(node)
+    t.check_count(h, lines.size, "vtree")
+    # a tree: every node but the root (the last line) is some I node's child
+    ids = t.field(1)[lines]
+    kids = np.concatenate((t.field(2)[lines[is_i[lines]]], t.field(3)[lines[is_i[lines]]]))
+    orphan = ~np.isin(ids, kids)
+    orphan[-1] = False
+    if orphan.any():
+        j = int(np.flatnonzero(orphan)[0])
+        t.fail(
+            lines[j],
+            f"vtree node {ids[j]} is no I node's child and not the root (the last node, line "
+            f"{t.lineno[lines[-1]]}): a vtree is one tree, not a forest",
         )
-    return variables
+    return np.sort(var[lines[is_l[lines]]])
 
 
 # ---------------------------------------------------------------------------- SDD
@@ -293,66 +443,110 @@ def read_sdd_file(sdd_path, vtree_path=None) -> tuple[LocalDag, int | None]:
     allowed = None
     num_vars = None
     if vtree_path is not None:
-        allowed = read_vtree_file(vtree_path)
-        num_vars = max(allowed)
-    return _parse_sdd(sdd_path, allowed), num_vars
+        allowed = _parse_vtree(*_read(vtree_path))
+        num_vars = int(allowed[-1])
+    return _parse_sdd(*_read(sdd_path), allowed), num_vars
 
 
-def _parse_sdd(sdd_path, allowed: set[int] | None) -> LocalDag:
-    with open(os.fspath(sdd_path), "rb") as f:
-        data = f.read()
-    dag = _parse_sdd_fast(data, allowed)
-    if dag is None:  # malformed or unusual: the line-by-line parser reports where
-        dag = _parse_sdd_lines(_decode_lines(data), _path_str(sdd_path), allowed)
-    return dag
-
-
-_SDD_KIND = np.zeros(256, dtype=np.int64)
-_SDD_KIND[[ord("F"), ord("T"), ord("L"), ord("D")]] = [FALSE, TRUE, LITERAL, OR]
-
-
-def _parse_sdd_fast(data: bytes, allowed: set[int] | None) -> LocalDag | None:
-    """Vectorized SDD parser for well-formed files; ``None`` when anything is off."""
-    tok = _numeric_lines(data, b"DLTF", "sdd")
-    if tok is None:
-        return None
-    letter, ntok, off, ints, header = tok
-    m = letter.size
-    if len(header) != 2 or not _is_int_token(header[1]) or int(header[1]) != m:
-        return None
-    is_d = letter == ord("D")
-    is_l = letter == ord("L")
-    want = np.where(is_l, 3, 1)
-    if ((ntok != want) & ~is_d).any() or (ntok[is_d] < 3).any():
-        return None
-    k = np.zeros(m, dtype=np.int64)
-    k[is_d] = ints[off[is_d] + 2]
-    if (k < 0).any() or (ntok[is_d] != 3 + 2 * k[is_d]).any():
-        return None
-    ids = ints[off]
-    lits = ints[off[is_l] + 2]
-    if ((lits == 0) | (np.abs(lits) >= _MAX_VAR)).any():
-        return None
+def _parse_sdd(path: str, data: bytes, allowed: np.ndarray | None = None) -> LocalDag:
+    t = _Lines(data, path)
+    m = t.size
+    idx = np.arange(m)
+    header = t.is_word(b"sdd")
+    is_f, is_t, is_l, is_d = (t.is_word(w) for w in (b"F", b"T", b"L", b"D"))
+    node = is_f | is_t | is_l | is_d
+    h = _first_index(header)
+    lit = np.where(is_l, t.field(3), 0)
+    k = np.where(is_d, t.field(3), 0)
+    ints, int_message = t.integer_rule(
+        t.on_lines(header | node) & (t.pos > 0), t.on_lines(is_l) & (t.pos == 3)
+    )
+    outside = np.zeros(m, dtype=bool)
     if allowed is not None:
-        table = np.zeros(max(allowed) + 1, dtype=bool)
-        table[list(allowed)] = True
-        a = np.abs(lits)
-        if (a >= table.size).any() or not table[a].all():
-            return None
-    refs = ints[ranges(off[is_d] + 3, off[is_d] + 3 + 2 * k[is_d])]
-    def_line = _index_of(ids, refs)
-    if def_line is None:
-        return None
-    d_lines = np.flatnonzero(is_d)
-    if (def_line >= np.repeat(d_lines, 2 * k[is_d])).any():
-        return None
-    # local ids: a D line gives k ANDs then its OR; other lines one node
+        outside = is_l & ~np.isin(np.abs(lit), allowed)
+
+    def local(limit: int) -> list:
+        return [
+            (
+                ~(header | node),
+                lambda i: f"unknown SDD line type {t.word(i)!r} (expected sdd, F, T, L, D or c)",
+            ),
+            (header & (idx > h), lambda i: f"second 'sdd' header (first at line {t.lineno[h]})"),
+            (header & (t.ntok != 2), lambda i: f"the header is 'sdd <count>', got {t.text(i)!r}"),
+            (node & (idx < h), "SDD node line before the 'sdd <count>' header"),
+            (
+                (is_f | is_t) & (t.ntok != 2),
+                lambda i: f"a {t.word(i)} line is '{t.word(i)} <id>', got {t.ntok[i]} tokens",
+            ),
+            (
+                is_l & (t.ntok != 4),
+                lambda i: f"an L line is 'L <id> <vtree> <literal>', got {t.ntok[i]} tokens",
+            ),
+            (
+                is_d & (t.ntok < 4),
+                lambda i: (
+                    f"a D line is 'D <id> <vtree> <k> {{<prime> <sub>}}*', got {t.ntok[i]} tokens"
+                ),
+            ),
+            (ints, int_message),
+            (
+                is_d & (t.ntok - 4 != 2 * k),
+                lambda i: (
+                    f"a D line with {k[i]} elements has {4 + 2 * int(k[i])} tokens, got {t.ntok[i]}"
+                ),
+            ),
+            (
+                is_l & ((lit == 0) | (np.abs(lit) > MAX_VARS)),
+                lambda i: f"literal {lit[i]} (literals are +v or -v for 1 <= v <= {MAX_VARS:,})",
+            ),
+            (outside, lambda i: f"literal {lit[i]}: variable {abs(lit[i])} is not in the vtree"),
+        ]
+
+    def across(limit: int) -> list:
+        lines = np.flatnonzero(node[:limit])
+        duplicate, resolve = _definitions(t.field(1)[lines])
+        dl = np.flatnonzero(is_d[lines])
+        first_ref = t.first[lines[dl]] + 4
+        refs = t.value[ranges(first_ref, first_ref + 2 * k[lines[dl]])]
+        owner = np.repeat(dl, 2 * k[lines[dl]])
+        target = resolve(refs)
+        bad = (target < 0) | (target >= owner)
+        bad_lines = lines[owner[bad]]
+        return [
+            (
+                _line_mask(m, bad_lines),
+                _per_line_message(bad_lines, lambda j: f"{_FORWARD} {refs[bad][j]}"),
+            ),
+            (_line_mask(m, lines[duplicate]), lambda i: f"duplicate SDD node id {t.field(1)[i]}"),
+        ]
+
+    t.raise_first(local, across)
+    lines = np.flatnonzero(node)
+    t.check_count(h, lines.size, "SDD")
+    return _sdd_dag(t, lines, is_l[lines], is_d[lines], is_t[lines], lit[lines], k[lines])
+
+
+def _sdd_dag(
+    t: _Lines,
+    lines: np.ndarray,
+    is_l: np.ndarray,
+    is_d: np.ndarray,
+    is_t: np.ndarray,
+    lit: np.ndarray,
+    k: np.ndarray,
+) -> LocalDag:
+    """The local DAG of a checked SDD file's node lines: a D line gives ``k`` ANDs then its OR,
+    other lines one node, in line order."""
+    _, resolve = _definitions(t.field(1)[lines])
+    first_ref = t.first[lines[is_d]] + 4
+    def_line = resolve(t.value[ranges(first_ref, first_ref + 2 * k[is_d])])
     local_of_line = np.cumsum(k + 1) - 1
     n = int(local_of_line[-1]) + 1
+    line_kind = np.where(is_d, OR, np.where(is_l, LITERAL, np.where(is_t, TRUE, FALSE)))
     kind = np.full(n, AND, dtype=np.int64)
-    kind[local_of_line] = _SDD_KIND[letter]
-    lit = np.zeros(n, dtype=np.int64)
-    lit[local_of_line[is_l]] = lits
+    kind[local_of_line] = line_kind
+    lit_out = np.zeros(n, dtype=np.int64)
+    lit_out[local_of_line[is_l]] = lit[is_l]
     counts = np.zeros(n, dtype=np.int64)
     and_ids = np.flatnonzero(kind == AND)
     counts[and_ids] = 2
@@ -366,118 +560,7 @@ def _parse_sdd_fast(data: bytes, allowed: set[int] | None) -> LocalDag | None:
     children[child_start[and_ids]] = elem_local[0::2]
     children[child_start[and_ids] + 1] = elem_local[1::2]
     children[ranges(child_start[or_ids], child_start[or_ids] + kd)] = ranges(or_ids - kd, or_ids)
-    return kind, lit, child_start, children, int(local_of_line[-1])
-
-
-def _parse_sdd_lines(lines: list[str], path: str, allowed: set[int] | None) -> LocalDag:
-    idmap: dict[int, int] = {}
-    kind: list[int] = []
-    lit: list[int] = []
-    counts: list[int] = []
-    children: list[int] = []
-    header_line = header_count = None
-    n_sdd = 0
-    root = -1
-    for lineno, line in enumerate(lines, 1):
-        toks = line.split()
-        if not toks:
-            continue
-        t = toks[0]
-        if t == "D":
-            if header_line is None:
-                raise ParseError("SDD node line before the 'sdd <count>' header", path, lineno)
-            try:
-                nums = [int(x) for x in toks[1:]]
-            except ValueError:
-                nums = _ints(toks[1:], path, lineno)
-            if len(nums) < 3:
-                raise ParseError(
-                    f"a D line is 'D <id> <vtree> <k> {{<prime> <sub>}}*', got {len(toks)} tokens",
-                    path,
-                    lineno,
-                )
-            k = nums[2]
-            if k < 0 or len(nums) != 3 + 2 * k:
-                raise ParseError(
-                    f"a D line with {k} elements has {4 + 2 * k} tokens, got {len(toks)}",
-                    path,
-                    lineno,
-                )
-            try:
-                elems = [idmap[x] for x in nums[3:]]
-            except KeyError as e:
-                raise ParseError(f"{_FORWARD} {e.args[0]}", path, lineno) from None
-            nid = nums[0]
-            if nid in idmap:
-                raise ParseError(f"duplicate SDD node id {nid}", path, lineno)
-            base = len(kind)
-            kind.extend([AND] * k)
-            kind.append(OR)
-            lit.extend([0] * (k + 1))
-            counts.extend([2] * k)
-            counts.append(k)
-            children.extend(elems)
-            children.extend(range(base, base + k))
-            root = idmap[nid] = base + k
-            n_sdd += 1
-        elif t == "L":
-            if header_line is None:
-                raise ParseError("SDD node line before the 'sdd <count>' header", path, lineno)
-            if len(toks) != 4:
-                raise ParseError(
-                    f"an L line is 'L <id> <vtree> <literal>', got {len(toks)} tokens", path, lineno
-                )
-            nid, _, l = _ints(toks[1:], path, lineno)
-            if l == 0 or abs(l) >= _MAX_VAR:
-                raise ParseError(
-                    f"literal {l} (literals are +v or -v, 1 <= v < 2^62)", path, lineno
-                )
-            if allowed is not None and abs(l) not in allowed:
-                raise ParseError(
-                    f"literal {l}: variable {abs(l)} is not in the vtree", path, lineno
-                )
-            if nid in idmap:
-                raise ParseError(f"duplicate SDD node id {nid}", path, lineno)
-            root = idmap[nid] = len(kind)
-            kind.append(LITERAL)
-            lit.append(l)
-            counts.append(0)
-            n_sdd += 1
-        elif t == "T" or t == "F":
-            if header_line is None:
-                raise ParseError("SDD node line before the 'sdd <count>' header", path, lineno)
-            if len(toks) != 2:
-                raise ParseError(f"a {t} line is '{t} <id>', got {len(toks)} tokens", path, lineno)
-            nid = _ints(toks[1:], path, lineno)[0]
-            if nid in idmap:
-                raise ParseError(f"duplicate SDD node id {nid}", path, lineno)
-            root = idmap[nid] = len(kind)
-            kind.append(TRUE if t == "T" else FALSE)
-            lit.append(0)
-            counts.append(0)
-            n_sdd += 1
-        elif t[0] == "c":
-            continue
-        elif t == "sdd":
-            if header_line is not None:
-                raise ParseError(f"second 'sdd' header (first at line {header_line})", path, lineno)
-            if len(toks) != 2:
-                raise ParseError(f"the header is 'sdd <count>', got {line.strip()!r}", path, lineno)
-            header_count = _ints(toks[1:], path, lineno)[0]
-            header_line = lineno
-        else:
-            raise ParseError(
-                f"unknown SDD line type {t!r} (expected sdd, F, T, L, D or c)", path, lineno
-            )
-    if header_line is None:
-        raise ParseError("empty SDD file (no 'sdd <count>' header)", path, None)
-    if n_sdd == 0:
-        raise ParseError("SDD file has no nodes", path, header_line)
-    if n_sdd != header_count:
-        raise ParseError(
-            f"header declares {header_count} SDD nodes but the file has {n_sdd}", path, header_line
-        )
-    return _finish(kind, lit, counts, children, root)
+    return kind, lit_out, child_start, children, int(local_of_line[-1])
 
 
 def sdd_node_arrays(node) -> LocalDag:
@@ -498,7 +581,7 @@ def sdd_node_arrays(node) -> LocalDag:
     os.close(fd)
     try:
         node.manager.save(os.fsencode(name), node)
-        return _parse_sdd(name, None)
+        return _parse_sdd(*_read(name))
     finally:
         try:
             os.unlink(name)
@@ -508,7 +591,8 @@ def sdd_node_arrays(node) -> LocalDag:
 
 # ---------------------------------------------------------------------------- d-DNNF
 def read_nnf_file(path) -> tuple[LocalDag, int | None]:
-    """Parse a d-DNNF file in c2d or d4 format (detected from the first non-comment line).
+    """Parse a d-DNNF file in c2d or d4 format: c2d when the first content line is an ``nnf``
+    header, d4 otherwise.
 
     c2d: ``nnf <nodes> <edges> <vars>`` header, then ``L <lit>``, ``A <c> <children>`` and
     ``O <var> <c> <children>`` lines numbered from 0; the root is the last node. Returns the
@@ -519,225 +603,296 @@ def read_nnf_file(path) -> tuple[LocalDag, int | None]:
     declared; the nodes are sorted topologically (a cycle is a ParseError). The root is node 1
     (the first declared node if there is no node 1). Returns ``None`` as the variable count.
     """
-    spath = _path_str(path)
-    with open(os.fspath(path), "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos < len(data):  # the first line that is not blank or a comment tells the format
-        end = data.find(b"\n", pos)
-        end = len(data) if end < 0 else end
-        toks = data[pos:end].split()
-        pos = end + 1
-        if not toks or toks[0][:1] == b"c":
-            continue
-        if toks[0] == b"nnf":
-            fast = _parse_c2d_fast(data)
-            return fast if fast is not None else _parse_c2d(_decode_lines(data), spath)
-        dag = _parse_d4_fast(data)
-        return (dag if dag is not None else _parse_d4(_decode_lines(data), spath)), None
-    raise ParseError("empty NNF file (no nodes)", spath, None)
+    return _parse_nnf(*_read(path))
 
 
-def _parse_c2d_fast(data: bytes) -> tuple[LocalDag, int] | None:
-    """Vectorized c2d parser for well-formed files; ``None`` when anything is off."""
-    tok = _numeric_lines(data, b"LAO", "nnf")
-    if tok is None:
-        return None
-    letter, ntok, off, ints, header = tok
-    if len(header) != 4 or not all(_is_int_token(h) for h in header[1:]):
-        return None
-    n_nodes, n_edges, n_vars = (int(h) for h in header[1:])
-    m = letter.size
-    if m != n_nodes or min(n_edges, n_vars) < 0 or n_vars >= _MAX_VAR:
-        return None
-    is_l = letter == ord("L")
-    is_a = letter == ord("A")
-    is_o = letter == ord("O")
-    if (ntok[is_l] != 1).any() or (ntok[is_a] < 1).any() or (ntok[is_o] < 2).any():
-        return None
-    lits = ints[off[is_l]]
-    if ((lits == 0) | (np.abs(lits) > n_vars)).any():
-        return None
-    dec = ints[off[is_o]]
-    if ((dec < 0) | (dec > n_vars)).any():
-        return None
-    first_kid = off + np.where(is_o, 2, 1)
-    c = np.zeros(m, dtype=np.int64)
-    c[is_a] = ints[off[is_a]]
-    c[is_o] = ints[off[is_o] + 1]
-    if (c < 0).any() or (ntok[~is_l] != (first_kid - off + c)[~is_l]).any():
-        return None
-    if int(c.sum()) != n_edges:
-        return None
-    children = ints[ranges(first_kid, first_kid + c)]
-    if children.size and ((children < 0) | (children >= np.repeat(np.arange(m), c))).any():
-        return None
-    kind = np.full(m, LITERAL, dtype=np.int64)
-    kind[is_a] = np.where(c[is_a] > 0, AND, TRUE)
-    kind[is_o] = np.where(c[is_o] > 0, OR, FALSE)
-    lit = np.zeros(m, dtype=np.int64)
-    lit[is_l] = lits
-    child_start = np.zeros(m + 1, dtype=np.int64)
+def _parse_nnf(path: str, data: bytes) -> tuple[LocalDag, int | None]:
+    t = _Lines(data, path)
+    if t.size == 0:
+        raise ParseError("empty NNF file (no nodes)", path, None)
+    if t.is_word(b"nnf")[0]:
+        return _parse_c2d(t)
+    return _parse_d4(t), None
+
+
+def _parse_c2d(t: _Lines) -> tuple[LocalDag, int]:
+    m = t.size
+    idx = np.arange(m)
+    header = t.is_word(b"nnf")
+    is_l, is_a, is_o = t.is_word(b"L"), t.is_word(b"A"), t.is_word(b"O")
+    node = is_l | is_a | is_o
+    n_nodes, n_edges, n_vars = (int(t.field(j)[0]) for j in (1, 2, 3))
+    ordinal = np.cumsum(node) - 1
+    lit = np.where(is_l, t.field(1), 0)
+    base = np.where(is_o, 3, 2)  # token of the first child
+    c = np.where(is_a, t.field(1), np.where(is_o, t.field(2), 0))
+    shaped = (is_a | is_o) & (t.ntok - base == c)
+    ints, int_message = t.integer_rule(
+        t.on_lines(header | node) & (t.pos > 0), t.on_lines(is_l) & (t.pos == 1)
+    )
+    kid_tok = ranges(t.first[shaped] + base[shaped], t.first[shaped] + t.ntok[shaped])
+    kid_line = np.repeat(np.flatnonzero(shaped), c[shaped])
+    forward = kid_line[t.value[kid_tok] >= ordinal[kid_line]]
+    edges_so_far = np.cumsum(np.where(shaped, c, 0))
+    rules = [
+        (
+            (idx == 0) & (t.ntok != 4),
+            lambda i: f"the header is 'nnf <nodes> <edges> <vars>', got {t.text(i)!r}",
+        ),
+        (header & (idx > 0), f"second 'nnf' header (first at line {t.lineno[0]})"),
+        (
+            ~(header | node),
+            lambda i: f"unknown c2d line type {t.word(i)!r} (expected L, A, O or c)",
+        ),
+        (node & (ordinal >= n_nodes), f"more nodes than the header's {n_nodes}"),
+        (is_l & (t.ntok != 2), lambda i: f"an L line is 'L <literal>', got {t.ntok[i]} tokens"),
+        (is_a & (t.ntok < 2), "an A line is 'A <c> <child>*c' with c children"),
+        (is_o & (t.ntok < 3), "an O line is 'O <var> <c> <child>*c' with c children"),
+        (ints, int_message),
+        (
+            (idx == 0) & (n_vars > MAX_VARS),
+            f"the header's variable count {n_vars} is beyond {_LIMIT}",
+        ),
+        (
+            is_l & ((lit == 0) | (np.abs(lit) > n_vars)),
+            lambda i: f"literal {lit[i]} outside 1..{n_vars} (the header's variable count)",
+        ),
+        (is_a & ~shaped, "an A line is 'A <c> <child>*c' with c children"),
+        (is_o & ~shaped, "an O line is 'O <var> <c> <child>*c' with c children"),
+        (
+            is_o & (t.field(1) > n_vars),
+            lambda i: f"decision variable {t.field(1)[i]} outside 0..{n_vars}",
+        ),
+        (
+            _line_mask(m, forward),
+            lambda i: (
+                f"{_FORWARD} "
+                f"{t.value[kid_tok][(kid_line == i) & (t.value[kid_tok] >= ordinal[i])][0]}"
+            ),
+        ),
+        (node & (edges_so_far > n_edges), f"more edges than the header's {n_edges}"),
+    ]
+    t.raise_first(lambda limit: rules)
+    lines = np.flatnonzero(node)
+    if lines.size == 0:
+        t.fail(0, "NNF file has no nodes")
+    if lines.size != n_nodes:
+        t.fail(0, f"header declares {n_nodes} nodes but the file has {lines.size}")
+    if int(edges_so_far[-1]) != n_edges:
+        t.fail(0, f"header declares {n_edges} edges but the file has {int(edges_so_far[-1])}")
+    c = c[lines]
+    kind = np.full(lines.size, LITERAL, dtype=np.int64)
+    kind[is_a[lines]] = np.where(c[is_a[lines]] > 0, AND, TRUE)
+    kind[is_o[lines]] = np.where(c[is_o[lines]] > 0, OR, FALSE)
+    child_start = np.zeros(lines.size + 1, dtype=np.int64)
     np.cumsum(c, out=child_start[1:])
-    return (kind, lit, child_start, children, m - 1), n_vars
+    return (kind, lit[lines], child_start, t.value[kid_tok], lines.size - 1), n_vars
 
 
-def _parse_c2d(lines: list[str], path: str) -> tuple[LocalDag, int]:
-    kind: list[int] = []
-    lit: list[int] = []
-    counts: list[int] = []
-    children: list[int] = []
-    header_line = None
-    n_nodes = n_edges = n_vars = 0
-    for lineno, line in enumerate(lines, 1):
-        toks = line.split()
-        if not toks:
-            continue
-        t = toks[0]
-        if header_line is None:
-            if t[0] == "c":
-                continue
-            if t != "nnf" or len(toks) != 4:
-                raise ParseError(
-                    f"the header is 'nnf <nodes> <edges> <vars>', got {line.strip()!r}",
-                    path,
-                    lineno,
-                )
-            n_nodes, n_edges, n_vars = _ints(toks[1:], path, lineno)
-            if min(n_nodes, n_edges, n_vars) < 0:
-                raise ParseError("negative count in the 'nnf' header", path, lineno)
-            if n_vars >= _MAX_VAR:
-                raise ParseError(f"variable count {n_vars} is too large", path, lineno)
-            header_line = lineno
-            continue
-        idx = len(kind)
-        if t in ("A", "O", "L") and idx >= n_nodes:
-            raise ParseError(f"more nodes than the header's {n_nodes}", path, lineno)
-        if t == "L":
-            if len(toks) != 2:
-                raise ParseError(
-                    f"an L line is 'L <literal>', got {len(toks)} tokens", path, lineno
-                )
-            l = _ints(toks[1:], path, lineno)[0]
-            if l == 0 or abs(l) > n_vars:
-                raise ParseError(
-                    f"literal {l} outside 1..{n_vars} (the header's variable count)", path, lineno
-                )
-            kind.append(LITERAL)
-            lit.append(l)
-            counts.append(0)
-            continue
-        if t == "A":
-            nums = _ints(toks[1:], path, lineno)
-            if not nums or len(nums) != 1 + nums[0] or nums[0] < 0:
-                raise ParseError("an A line is 'A <c> <child>*c' with c children", path, lineno)
-            kids = nums[1:]
-            node_kind = AND if kids else TRUE
-        elif t == "O":
-            nums = _ints(toks[1:], path, lineno)
-            if len(nums) < 2 or nums[1] < 0 or len(nums) != 2 + nums[1]:
-                raise ParseError(
-                    "an O line is 'O <var> <c> <child>*c' with c children", path, lineno
-                )
-            if not 0 <= nums[0] <= n_vars:
-                raise ParseError(f"decision variable {nums[0]} outside 0..{n_vars}", path, lineno)
-            kids = nums[2:]
-            node_kind = OR if kids else FALSE
-        elif t[0] == "c":
-            continue
-        else:
-            raise ParseError(f"unknown c2d line type {t!r} (expected L, A, O or c)", path, lineno)
-        for c in kids:
-            if not 0 <= c < idx:
-                raise ParseError(f"{_FORWARD} {c}", path, lineno)
-        kind.append(node_kind)
-        lit.append(0)
-        counts.append(len(kids))
-        children.extend(kids)
-        n_edges_seen = len(children)
-        if n_edges_seen > n_edges:
-            raise ParseError(f"more edges than the header's {n_edges}", path, lineno)
-    if not kind:
-        raise ParseError("NNF file has no nodes", path, header_line)
-    if len(kind) != n_nodes:
-        raise ParseError(
-            f"header declares {n_nodes} nodes but the file has {len(kind)}", path, header_line
+_D4_WORDS = (b"o", b"a", b"t", b"f")
+_D4_KIND = np.array([OR, AND, TRUE, FALSE], dtype=np.int64)
+
+
+def _parse_d4(t: _Lines) -> LocalDag:
+    m = t.size
+    which = np.full(m, -1, dtype=np.int64)  # index into _D4_WORDS, -1: not a declaration
+    for j, w in enumerate(_D4_WORDS):
+        which[t.is_word(w)] = j
+    decl = which >= 0
+    edge = ~decl & t.syntax[t.first]
+    last = t.value[t.first + t.ntok - 1]
+    is_edge_tok = t.on_lines(edge)
+    ints, int_message = t.integer_rule(
+        t.on_lines(decl) & (t.pos > 0) | is_edge_tok, is_edge_tok & (t.pos >= 2)
+    )
+    last_pos = np.append(t.ntok - 1, 0)[t.line]
+    early_zero = is_edge_tok & (t.pos < last_pos) & t.is_int & (t.value == 0)
+    big_lit = is_edge_tok & (t.pos >= 2) & (t.pos < last_pos) & (np.abs(t.value) > MAX_VARS)
+    ids = t.field(1)
+
+    def local(limit: int) -> list:
+        return [
+            (
+                ~(decl | edge),
+                lambda i: f"unknown d4 line type {t.word(i)!r} (expected o, a, t, f, c or an edge)",
+            ),
+            (decl & (t.ntok == 2), lambda i: f"missing trailing 0 on the '{t.word(i)}' line"),
+            (
+                decl & (t.ntok != 3),
+                lambda i: f"a node line is '{t.word(i)} <id> 0', got {t.ntok[i]} tokens",
+            ),
+            (ints, int_message),
+            (
+                decl & (last != 0),
+                lambda i: f"a node line is '{t.word(i)} <id> 0': missing trailing 0",
+            ),
+            (decl & (ids == 0), "node id 0: d4 node ids are positive"),
+            (edge & (last != 0), "missing trailing 0 on the edge line"),
+            (edge & (t.ntok < 3), "an edge line is '<parent> <child> <literal>* 0'"),
+            (_line_mask(m, t.line[early_zero]), "0 before the end of the edge line"),
+            (
+                _line_mask(m, t.line[big_lit]),
+                lambda i: (
+                    f"literal {t.value[big_lit & (t.line == i)][0]}: variable beyond {_LIMIT}"
+                ),
+            ),
+        ]
+
+    def across(limit: int) -> list:
+        lines = np.flatnonzero(decl[:limit])
+        duplicate, resolve = _definitions(ids[lines])
+        first_line = lines[resolve(ids[lines])]
+        return [
+            (
+                _line_mask(m, lines[duplicate]),
+                lambda i: (
+                    f"duplicate node id {ids[i]} "
+                    f"(first at line {t.lineno[first_line[np.searchsorted(lines, i)]]})"
+                ),
+            )
+        ]
+
+    t.raise_first(local, across)
+    decl_lines = np.flatnonzero(decl)
+    if decl_lines.size == 0:
+        raise ParseError("NNF file has no nodes", t.path, None)
+    n = decl_lines.size
+    decl_kind = _D4_KIND[which[decl_lines]]
+    decl_ids = ids[decl_lines]
+    _, resolve = _definitions(decl_ids)
+    edge_lines = np.flatnonzero(edge)
+    parent = resolve(t.field(0)[edge_lines])
+    child = resolve(t.field(1)[edge_lines])
+    constant = (parent >= 0) & np.isin(decl_kind[np.maximum(parent, 0)], (TRUE, FALSE))
+    at_fault = (parent < 0) | (child < 0) | constant
+    if at_fault.any():
+        e = int(np.flatnonzero(at_fault)[0])
+        if parent[e] < 0 or child[e] < 0:
+            end = t.field(0)[edge_lines[e]] if parent[e] < 0 else t.field(1)[edge_lines[e]]
+            t.fail(edge_lines[e], f"edge mentions node {end}, which is never declared")
+        p = int(parent[e])
+        t.fail(
+            edge_lines[e],
+            f"edge out of the constant node {decl_ids[p]} "
+            f"(declared at line {t.lineno[decl_lines[p]]})",
         )
-    if len(children) != n_edges:
-        raise ParseError(
-            f"header declares {n_edges} edges but the file has {len(children)}", path, header_line
-        )
-    return _finish(kind, lit, counts, children, len(kind) - 1), n_vars
+    order = _children_first(n, parent, child)
+    if order is None:
+        e = _first_cycle_edge(n, parent, child)
+        p, c = decl_ids[parent[e]], decl_ids[child[e]]
+        t.fail(edge_lines[e], f"cycle through node {c} (edge {p} -> {c})")
+    n_lits = t.ntok[edge_lines] - 3
+    lit_tok = ranges(t.first[edge_lines] + 2, t.first[edge_lines] + 2 + n_lits)
+    root = resolve(np.array([1], dtype=np.int64))[0]
+    return _d4_dag(n, decl_kind, parent, child, n_lits, t.value[lit_tok], order, max(int(root), 0))
 
 
-_D4_KINDS = {"o": OR, "a": AND, "t": TRUE, "f": FALSE}
-
-
-def _parse_d4_fast(data: bytes) -> LocalDag | None:
-    """Vectorized d4 parser (Kahn's topological sort, one numpy step per level) for well-formed
-    files; ``None`` when anything is off, including a cycle, or when the DAG is so deep that the
-    line-by-line parser is quicker."""
-    tok = _numeric_lines(data, b"oatf", None, numeric=True)
-    if tok is None:
-        return None
-    letter, ntok, off, ints, _ = tok
-    is_decl = letter != 0
-    m = letter.size
-    # every line ends with its only 0
-    last = ints[off + ntok - 1] if m else ints[:0]
-    if (ntok < 2).any() or (last != 0).any():
-        return None
-    zeros = np.bincount(np.repeat(np.arange(m), ntok)[ints == 0], minlength=m)
-    if ((zeros != 1) & ~is_decl).any() or (ntok[is_decl] != 2).any() or (ntok[~is_decl] < 3).any():
-        return None
-    d_off = off[is_decl]
-    n = d_off.size
-    if n == 0:
-        return None
-    decl_kind = _D4_KIND[letter[is_decl]]
-    e_off, e_ntok = off[~is_decl], ntok[~is_decl]
-    n_edges = e_off.size
-    ids = ints[d_off]
-    ends = _index_of(ids, np.concatenate((ints[e_off], ints[e_off + 1])))
-    if ends is None:
-        return None
-    parent, child = ends[:n_edges], ends[n_edges:]
-    if ((decl_kind[parent] == TRUE) | (decl_kind[parent] == FALSE)).any():
-        return None
-    n_lits = e_ntok - 3
-    lit_tok = ints[ranges(e_off + 2, e_off + 2 + n_lits)]
-    if (np.abs(lit_tok) >= _MAX_VAR).any():
-        return None
-
-    # Kahn: a node is ready once all its children are
-    outdeg = np.bincount(parent, minlength=n)
+def _children_first(n: int, parent: np.ndarray, child: np.ndarray) -> np.ndarray | None:
+    """A topological order of the d4 nodes, children before parents (Kahn's algorithm, one
+    numpy step per level; a deep, narrow DAG finishes node by node), or ``None`` on a cycle."""
     by_child = np.argsort(child, kind="stable")
     in_start = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(child, minlength=n), out=in_start[1:])
-    pending = outdeg.copy()
+    pending = np.bincount(parent, minlength=n)
     frontier = np.flatnonzero(pending == 0)
     levels = []
-    done = 0
     max_levels = max(1000, n // 50)
-    while frontier.size:
+    while frontier.size and len(levels) < max_levels:
         levels.append(frontier)
-        done += frontier.size
-        if len(levels) > max_levels:
-            return None
         es = by_child[ranges(in_start[frontier], in_start[frontier + 1])]
-        if es.size == 0:
-            break
         ps, cnt = np.unique(parent[es], return_counts=True)
         pending[ps] -= cnt
         frontier = ps[pending[ps] == 0]
-    if done != n:  # a cycle
-        return None
-    topo = np.concatenate(levels)
+    if frontier.size:  # deep: node by node from here
+        pend, starts, edges, parents = (
+            pending.tolist(),
+            in_start.tolist(),
+            by_child.tolist(),
+            parent.tolist(),
+        )
+        rest = []
+        stack = frontier.tolist()
+        while stack:
+            v = stack.pop()
+            rest.append(v)
+            for e in edges[starts[v] : starts[v + 1]]:
+                p = parents[e]
+                pend[p] -= 1
+                if pend[p] == 0:
+                    stack.append(p)
+        levels.append(np.asarray(rest, dtype=np.int64))
+    order = np.concatenate(levels) if levels else np.zeros(0, dtype=np.int64)
+    return order if order.size == n else None
 
+
+def _first_cycle_edge(n: int, parent: np.ndarray, child: np.ndarray) -> int:
+    """The first edge (in file order) that lies on a cycle: its two ends are in one strongly
+    connected component (Tarjan's algorithm, iterative; only run on a file with a cycle)."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    for p, c in zip(parent.tolist(), child.tolist(), strict=True):
+        out[p].append(c)
+    index = [-1] * n
+    low = [0] * n
+    on_stack = [False] * n
+    component = [-1] * n
+    stack: list[int] = []
+    counter = 0
+    for s in range(n):
+        if index[s] >= 0:
+            continue
+        work = [(s, 0)]
+        index[s] = low[s] = counter
+        counter += 1
+        stack.append(s)
+        on_stack[s] = True
+        while work:
+            v, i = work[-1]
+            if i < len(out[v]):
+                work[-1] = (v, i + 1)
+                w = out[v][i]
+                if index[w] < 0:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack[w] = True
+                    work.append((w, 0))
+                elif on_stack[w]:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                u = work[-1][0]
+                low[u] = min(low[u], low[v])
+            if low[v] == index[v]:
+                while True:
+                    w = stack.pop()
+                    on_stack[w] = False
+                    component[w] = v
+                    if w == v:
+                        break
+    comp = np.asarray(component)
+    return int(np.flatnonzero(comp[parent] == comp[child])[0])
+
+
+def _d4_dag(
+    n: int,
+    decl_kind: np.ndarray,
+    parent: np.ndarray,
+    child: np.ndarray,
+    n_lits: np.ndarray,
+    lit_tok: np.ndarray,
+    topo: np.ndarray,
+    root: int,
+) -> LocalDag:
+    """The local DAG of checked d4 declarations and edges: one LITERAL node per distinct
+    literal first, then the declared nodes in ``topo`` order, each preceded by the AND nodes of
+    its edges that carry literals."""
+    n_edges = parent.size
     ulits = np.unique(lit_tok)
     ulits = ulits[np.lexsort((ulits, np.abs(ulits)))]
     n_lit = ulits.size
     has_lit = n_lits > 0
+    outdeg = np.bincount(parent, minlength=n)
     nle = np.bincount(parent[has_lit], minlength=n)  # edges with literals, per node
     local = np.empty(n, dtype=np.int64)
     local[topo] = n_lit + np.cumsum(1 + nle[topo]) - 1
@@ -769,156 +924,9 @@ def _parse_d4_fast(data: bytes) -> LocalDag | None:
     children[child_start[edge_and[lit_edges]]] = local[child[lit_edges]]
     lit_edge_of_tok = np.repeat(np.arange(n_edges), n_lits)
     tok_rank = np.arange(lit_tok.size) - np.repeat(np.cumsum(n_lits) - n_lits, n_lits)
-    children[child_start[edge_and[lit_edge_of_tok]] + 1 + tok_rank] = _lit_position(ulits, lit_tok)
-    root = _index_of(ids, np.array([1], dtype=np.int64))
-    root = 0 if root is None else int(root[0])
+    position = np.searchsorted(np.sort(ulits), lit_tok)
+    children[child_start[edge_and[lit_edge_of_tok]] + 1 + tok_rank] = np.argsort(ulits)[position]
     return kind, lit, child_start, children, int(local[root])
-
-
-def _lit_position(ulits: np.ndarray, lits: np.ndarray) -> np.ndarray:
-    """Position in ``ulits`` (distinct, any order) of each of ``lits``."""
-    order = np.argsort(ulits)
-    return order[np.searchsorted(ulits[order], lits)]
-
-
-_D4_KIND = np.zeros(256, dtype=np.int64)
-_D4_KIND[[ord("o"), ord("a"), ord("t"), ord("f")]] = [OR, AND, TRUE, FALSE]
-
-
-def _parse_d4(lines: list[str], path: str) -> LocalDag:
-    index: dict[int, int] = {}  # d4 id -> declaration index
-    decl_kind: list[int] = []
-    decl_id: list[int] = []
-    decl_line: list[int] = []
-    e_parent: list[int] = []
-    e_child: list[int] = []
-    e_lits: list[list[int]] = []
-    e_line: list[int] = []
-    for lineno, line in enumerate(lines, 1):
-        toks = line.split()
-        if not toks:
-            continue
-        t = toks[0]
-        k = _D4_KINDS.get(t)
-        if k is not None:
-            if len(toks) != 3:
-                if len(toks) == 2:
-                    raise ParseError(f"missing trailing 0 on the '{t}' line", path, lineno)
-                raise ParseError(
-                    f"a node line is '{t} <id> 0', got {len(toks)} tokens", path, lineno
-                )
-            nid, zero = _ints(toks[1:], path, lineno)
-            if zero != 0:
-                raise ParseError(f"a node line is '{t} <id> 0': missing trailing 0", path, lineno)
-            if nid in index:
-                raise ParseError(
-                    f"duplicate node id {nid} (first at line {decl_line[index[nid]]})", path, lineno
-                )
-            index[nid] = len(decl_kind)
-            decl_kind.append(k)
-            decl_id.append(nid)
-            decl_line.append(lineno)
-            continue
-        if t[0] == "c":
-            continue
-        try:
-            nums = [int(x) for x in toks]
-        except ValueError:
-            if not _is_int_token(t):
-                raise ParseError(
-                    f"unknown d4 line type {t!r} (expected o, a, t, f, c or an edge)", path, lineno
-                ) from None
-            nums = _ints(toks, path, lineno)
-        if nums[-1] != 0:
-            raise ParseError("missing trailing 0 on the edge line", path, lineno)
-        if len(nums) < 3:
-            raise ParseError("an edge line is '<parent> <child> <literal>* 0'", path, lineno)
-        if 0 in nums[:-1]:
-            raise ParseError("0 before the end of the edge line", path, lineno)
-        big = [l for l in nums[2:-1] if abs(l) >= _MAX_VAR]
-        if big:
-            raise ParseError(f"literal {big[0]} is too large", path, lineno)
-        e_parent.append(nums[0])
-        e_child.append(nums[1])
-        e_lits.append(nums[2:-1])
-        e_line.append(lineno)
-    if not decl_kind:
-        raise ParseError("NNF file has no nodes", path, None)
-
-    n = len(decl_kind)
-    out: list[list[int]] = [[] for _ in range(n)]
-    for e in range(len(e_parent)):
-        for end in (e_parent[e], e_child[e]):
-            if end not in index:
-                raise ParseError(
-                    f"edge mentions node {end}, which is never declared", path, e_line[e]
-                )
-        p = e_parent[e] = index[e_parent[e]]
-        e_child[e] = index[e_child[e]]
-        if decl_kind[p] in (TRUE, FALSE):
-            raise ParseError(
-                f"edge out of the constant node {decl_id[p]} (declared at line {decl_line[p]})",
-                path,
-                e_line[e],
-            )
-        out[p].append(e)
-
-    # Literal nodes first: one per distinct literal on the edges.
-    all_lits = sorted({l for ls in e_lits for l in ls}, key=lambda l: (abs(l), l))
-    lit_node = {l: i for i, l in enumerate(all_lits)}
-    kind: list[int] = [LITERAL] * len(all_lits)
-    lit: list[int] = list(all_lits)
-    counts: list[int] = [0] * len(all_lits)
-    children: list[int] = []
-    local = [-1] * n
-
-    def emit(v: int) -> None:
-        kids = []
-        for e in out[v]:
-            c = local[e_child[e]]
-            if e_lits[e]:
-                kids_e = [c] + [lit_node[l] for l in e_lits[e]]
-                kind.append(AND)
-                lit.append(0)
-                counts.append(len(kids_e))
-                children.extend(kids_e)
-                c = len(kind) - 1
-            kids.append(c)
-        kind.append(decl_kind[v])
-        lit.append(0)
-        counts.append(len(kids))
-        children.extend(kids)
-        local[v] = len(kind) - 1
-
-    root = index.get(1, 0)
-    state = bytearray(n)  # 0 new, 1 on the DFS stack, 2 done
-    for s in [root, *range(n)]:
-        if state[s]:
-            continue
-        state[s] = 1
-        stack = [[s, 0]]
-        while stack:
-            top = stack[-1]
-            v, i = top
-            adj = out[v]
-            if i < len(adj):
-                top[1] = i + 1
-                c = e_child[adj[i]]
-                st = state[c]
-                if st == 0:
-                    state[c] = 1
-                    stack.append([c, 0])
-                elif st == 1:
-                    raise ParseError(
-                        f"cycle through node {decl_id[c]} (edge {decl_id[v]} -> {decl_id[c]})",
-                        path,
-                        e_line[adj[i]],
-                    )
-            else:
-                stack.pop()
-                state[v] = 2
-                emit(v)
-    return _finish(kind, lit, counts, children, local[root])
 
 
 # ---------------------------------------------------------------------------- CNF
@@ -928,59 +936,54 @@ def read_dimacs(path) -> tuple[list[list[int]], int]:
 
     A last clause without its terminating 0 is accepted.
     """
-    spath = _path_str(path)
-    lines = _read_lines(path)
-    header_line = None
-    n_vars = n_clauses = 0
-    clauses: list[list[int]] = []
-    cur: list[int] = []
-    for lineno, line in enumerate(lines, 1):
-        toks = line.split()
-        if not toks:
-            continue
-        t = toks[0]
-        if t[0] == "c":
-            continue
-        if t[0] == "%":
-            break
-        if t == "p":
-            if header_line is not None:
-                raise ParseError(f"second 'p' header (first at line {header_line})", spath, lineno)
-            if len(toks) != 4 or toks[1] != "cnf":
-                raise ParseError(
-                    f"the header is 'p cnf <vars> <clauses>', got {line.strip()!r}", spath, lineno
-                )
-            n_vars, n_clauses = _ints(toks[2:], spath, lineno)
-            if n_vars < 0 or n_clauses < 0:
-                raise ParseError("negative count in the 'p cnf' header", spath, lineno)
-            header_line = lineno
-            continue
-        if header_line is None:
-            raise ParseError("clause before the 'p cnf <vars> <clauses>' header", spath, lineno)
-        try:
-            nums = [int(x) for x in toks]
-        except ValueError:
-            nums = _ints(toks, spath, lineno)
-        for v in nums:
-            if v == 0:
-                clauses.append(cur)
-                cur = []
-            elif -n_vars <= v <= n_vars:
-                cur.append(v)
-            else:
-                raise ParseError(
-                    f"literal {v} beyond the header's {n_vars} variables", spath, lineno
-                )
-    if header_line is None:
+    return _parse_dimacs(*_read(path))
+
+
+def _parse_dimacs(spath: str, data: bytes) -> tuple[list[list[int]], int]:
+    t = _Lines(data, spath)
+    end = _first_index(t.first_byte_is(b"%"))
+    idx = np.arange(t.size)
+    header = t.is_word(b"p") & (idx < end)
+    clause = ~header & (idx < end)
+    h = _first_index(header)
+    shaped = h < end and t.ntok[h] == 4 and t.token(int(t.first[h]) + 1) == "cnf"
+    n_vars = int(t.field(2)[h]) if h < end else 0
+    on_clause = t.on_lines(clause)
+    ints, int_message = t.integer_rule(t.on_lines(header) & (t.pos >= 2) | on_clause, on_clause)
+    big = on_clause & (np.abs(t.value) > n_vars)
+    rules = [
+        (header & (idx > h), lambda i: f"second 'p' header (first at line {t.lineno[h]})"),
+        (
+            (idx == h) & (not shaped),
+            lambda i: f"the header is 'p cnf <vars> <clauses>', got {t.text(i)!r}",
+        ),
+        (clause & (idx < h), "clause before the 'p cnf <vars> <clauses>' header"),
+        (ints, int_message),
+        (
+            (idx == h) & (n_vars > MAX_VARS),
+            f"the header's variable count {n_vars} is beyond {_LIMIT}",
+        ),
+        (
+            _line_mask(t.size, t.line[big]),
+            lambda i: (
+                f"literal {t.value[big & (t.line == i)][0]} beyond the header's {n_vars} variables"
+            ),
+        ),
+    ]
+    t.raise_first(lambda limit: rules)
+    if h >= end:
         raise ParseError("missing 'p cnf <vars> <clauses>' header", spath, None)
-    if cur:
-        clauses.append(cur)
+    literals = t.value[on_clause]
+    zeros = np.flatnonzero(literals == 0)
+    starts = np.concatenate(([0], zeros + 1))
+    stops = np.concatenate((zeros, [literals.size]))
+    if starts[-1] == stops[-1]:  # the file ends with its last clause's 0
+        starts, stops = starts[:-1], stops[:-1]
+    values = literals.tolist()
+    clauses = [values[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+    n_clauses = int(t.field(3)[h])
     if len(clauses) != n_clauses:
-        raise ParseError(
-            f"header declares {n_clauses} clauses but the file has {len(clauses)}",
-            spath,
-            header_line,
-        )
+        t.fail(h, f"header declares {n_clauses} clauses but the file has {len(clauses)}")
     return clauses, n_vars
 
 
@@ -1000,8 +1003,12 @@ def compile_cnf_with_pysdd(
         raise CircuitError(
             f"unknown vtree type {vtree!r}; expected one of {', '.join(VTREE_TYPES)}"
         )
-    if isinstance(num_vars, bool) or not isinstance(num_vars, (int, np.integer)) or num_vars < 0:
-        raise CircuitError(f"num_vars must be a non-negative integer, got {num_vars!r}")
+    if (
+        isinstance(num_vars, bool)
+        or not isinstance(num_vars, (int, np.integer))
+        or not 0 <= num_vars <= MAX_VARS
+    ):
+        raise CircuitError(f"num_vars must be an integer in 0..{MAX_VARS:,}, got {num_vars!r}")
     num_vars = int(num_vars)
     checked: list[list[int]] = []
     for clause in clauses:

@@ -37,7 +37,16 @@ from dataclasses import dataclass
 
 import torch
 from trilay.engine import Circuit
-from trilay.engine.errors import CircuitError, DTypeError, ParseError, SemiringError, ShapeError
+from trilay.engine.errors import (
+    CircuitError,
+    DTypeError,
+    OptionError,
+    ParseError,
+    SemiringError,
+    ShapeError,
+)
+
+from ._checks import check_unit_interval
 
 #: Logics and the engine semiring each evaluates in.
 LOGICS = {"godel": "fuzzy_godel", "product": "fuzzy_product", "lukasiewicz": "fuzzy_lukasiewicz"}
@@ -82,63 +91,48 @@ class Formula:
         # `a and b` / `not a` would silently pick an operand instead of building a formula
         raise CircuitError("a Formula has no truth value in Python: use &, |, ~ and >>")
 
+    def __str__(self) -> str:
+        return _render(self)
 
-@dataclass(frozen=True, eq=False)
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({_render(self)!r})"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
 class Var(Formula):
     name: str
 
-    def __str__(self) -> str:
-        return self.name
 
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Const(Formula):
     value: bool
 
-    def __str__(self) -> str:
-        return "true" if self.value else "false"
 
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Not(Formula):
     child: Formula
 
-    def __str__(self) -> str:
-        return f"~{_wrap(self.child)}"
 
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class And(Formula):
     children: tuple[Formula, ...]
 
-    def __str__(self) -> str:
-        return " & ".join(_wrap(c) for c in self.children) if self.children else "true"
 
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Or(Formula):
     children: tuple[Formula, ...]
 
-    def __str__(self) -> str:
-        return " | ".join(_wrap(c) for c in self.children) if self.children else "false"
 
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Implies(Formula):
     premise: Formula
     conclusion: Formula
 
-    def __str__(self) -> str:
-        return f"{_wrap(self.premise)} -> {_wrap(self.conclusion)}"
 
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Iff(Formula):
     left: Formula
     right: Formula
-
-    def __str__(self) -> str:
-        return f"{_wrap(self.left)} <-> {_wrap(self.right)}"
 
 
 def variables(names: str | Sequence[str]) -> tuple[Var, ...]:
@@ -164,44 +158,149 @@ def nnf(formula: Formula, negate: bool = False) -> Formula:
     their negation is involutive and their and/or are De Morgan duals, ``1 - T(x) = S(1 - x)``,
     associative and commutative, with identity ``1`` (and) / ``0`` (or) and absorbing ``0`` /
     ``1``. A sub-formula object used twice (as ``iff`` uses both sides twice) is converted
-    once per polarity and shared, so nested ``iff`` chains stay linear."""
-    return _nnf(formula, negate, {})
+    once per polarity and shared, and a shared and/or stays one node rather than being copied
+    into its users (unless it has at most four children), so the result is linear in the
+    formula's size. Iterative: any depth."""
+    return _nnf_all([formula], negate)[0]
 
 
-def _nnf(f: Formula, negate: bool, memo: dict) -> Formula:
-    key = (id(f), negate)
-    if key not in memo:
-        memo[key] = (f, _nnf_node(f, negate, memo))  # f kept alive: its id stays unique
-    return memo[key][1]
+class _Node:
+    """An and/or of the NNF before flattening: its kind (And or Or) and its children (_Node or
+    a leaf Formula: Var, Not(Var), Const)."""
+
+    __slots__ = ("kind", "kids", "uses", "same_kind_uses", "flat", "formula")
+
+    def __init__(self, kind: type, kids: list):
+        self.kind, self.kids = kind, kids
+        self.uses = self.same_kind_uses = 0
+        self.flat: list | None = None  # its children once flattened
+        self.formula: Formula | None = None
 
 
-def _nnf_node(f: Formula, negate: bool, memo: dict) -> Formula:
+def _nnf_all(formulas: Sequence[Formula], negate: bool = False) -> list[Formula]:
+    """:func:`nnf` of each formula, sub-formulas shared across them. Three passes with explicit
+    stacks: negations pushed down and constants folded (post-order, memoized per object and
+    polarity); uses counted; and/or nodes built (post-order), each absorbing the same-kind
+    children only it uses and copying the small shared ones."""
+    done: dict[tuple[int, bool], object] = {}  # (id, polarity) -> _Node or leaf Formula
+    parts: dict[tuple[int, bool], tuple] = {}  # also keeps the formulas alive: ids stay unique
+    stack = [(f, negate) for f in formulas]
+    while stack:
+        f, neg = stack[-1]
+        key = (id(f), neg)
+        if key in done:
+            stack.pop()
+            continue
+        if key not in parts:
+            parts[key] = (f, *_nnf_step(f, neg))
+        _, kind, requests = parts[key]
+        todo = [r for r in requests if (id(r[0]), r[1]) not in done]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        done[key] = _fold(kind, [done[(id(g), n)] for g, n in requests])
+    roots = [done[(id(f), negate)] for f in formulas]
+
+    # uses: a node used once, by a node of its own kind, is flattened into it; a root is used
+    # by the caller
+    seen: set[int] = set()
+    todo = [r for r in roots if isinstance(r, _Node)]
+    for r in todo:
+        r.uses += 1
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for kid in node.kids:
+            if isinstance(kid, _Node):
+                kid.uses += 1
+                kid.same_kind_uses += kid.kind is node.kind
+                todo.append(kid)
+
+    todo = [r for r in roots if isinstance(r, _Node)]
+    while todo:
+        node = todo[-1]
+        if node.formula is not None:
+            todo.pop()
+            continue
+        flat, missing = _flattened(node)
+        if missing:
+            todo.extend(missing)
+            continue
+        todo.pop()
+        node.flat = flat
+        node.formula = node.kind(tuple(k.formula if isinstance(k, _Node) else k for k in flat))
+    return [r.formula if isinstance(r, _Node) else r for r in roots]
+
+
+def _nnf_step(f: Formula, negate: bool) -> tuple[object, list[tuple[Formula, bool]]]:
+    """One step of pushing negations down: ``(kind, [(sub-formula, polarity), ...])``, kind a
+    leaf Formula (no sub-formulas), ``None`` (the one sub-formula's result as it is), or And /
+    Or over the sub-formulas' results."""
     if isinstance(f, Var):
-        return Not(f) if negate else f
+        return (Not(f) if negate else f), []
     if isinstance(f, Const):
-        return Const(f.value != negate)
+        return Const(f.value != negate), []
     if isinstance(f, Not):
-        return _nnf(f.child, not negate, memo)
-    if isinstance(f, Implies):
-        return _nnf_node(Or((Not(f.premise), f.conclusion)), negate, memo)
-    if isinstance(f, Iff):
-        both = (Implies(f.left, f.right), Implies(f.right, f.left))
-        return _nnf_node(And(both), negate, memo)
+        return None, [(f.child, not negate)]
+    if isinstance(f, Implies):  # ~p | c
+        return (And if negate else Or), [(f.premise, not negate), (f.conclusion, negate)]
+    if isinstance(f, Iff):  # (l -> r) & (r -> l)
+        return (Or if negate else And), [
+            (Implies(f.left, f.right), negate),
+            (Implies(f.right, f.left), negate),
+        ]
     if isinstance(f, (And, Or)):
-        conjunction = isinstance(f, And) != negate  # De Morgan swaps the kind
-        kind = And if conjunction else Or
-        children: list[Formula] = []
-        for child in f.children:
-            c = _nnf(child, negate, memo)
-            if isinstance(c, Const):
-                if c.value != conjunction:  # absorbing: false in an AND, true in an OR
-                    return c
-                continue  # the identity drops out
-            children.extend(c.children if isinstance(c, kind) else (c,))
-        if not children:
-            return Const(conjunction)
-        return children[0] if len(children) == 1 else kind(tuple(children))
-    raise CircuitError(f"not a formula: {f!r}")
+        return (And if isinstance(f, And) != negate else Or), [(c, negate) for c in f.children]
+    raise CircuitError(f"not a formula: {f!r:.80}")
+
+
+def _fold(kind, kids: list):
+    """Constants folded into an and/or (absorbing ones win, identities drop out)."""
+    if kind is None:
+        return kids[0]
+    if not isinstance(kind, type):  # a leaf
+        return kind
+    conjunction = kind is And
+    out = []
+    for kid in kids:
+        if isinstance(kid, Const):
+            if kid.value != conjunction:  # absorbing: false in an AND, true in an OR
+                return kid
+            continue
+        out.append(kid)
+    if not out:
+        return Const(conjunction)
+    return out[0] if len(out) == 1 else _Node(kind, out)
+
+
+#: A shared and/or with at most this many (flattened) children is copied into its same-kind
+#: users: fewer layers, and the copies cost at most this much per use.
+_COPY_AT_MOST = 4
+
+
+def _flattened(node: _Node) -> tuple[list, list]:
+    """``(children, missing)``: ``node``'s children with each same-kind child that only it
+    uses replaced by that child's children, recursively, in order, and each small shared
+    same-kind child by its flattened children; ``missing``: the shared nodes met that are not
+    flattened yet (to do first)."""
+    out, missing = [], []
+    stack = list(reversed(node.kids))
+    while stack:
+        kid = stack.pop()
+        if not isinstance(kid, _Node):
+            out.append(kid)
+        elif kid.uses == 1 and kid.same_kind_uses == 1:
+            stack.extend(reversed(kid.kids))
+        elif kid.flat is None:
+            missing.append(kid)
+        elif kid.kind is node.kind and len(kid.flat) <= _COPY_AT_MOST:
+            out.extend(kid.flat)
+        else:
+            out.append(kid)
+    return out, missing
 
 
 # ---------------------------------------------------------------------------- the parser
@@ -231,79 +330,84 @@ def parse(text: str) -> Formula:
         kind = _KINDS[match.lastindex - 1]
         tokens.append((kind, match.group(match.lastindex), match.start(match.lastindex)))
         pos = match.end()
-    return _Parser(text, tokens).parse()
+    return _parse_tokens(text, tokens)
 
 
-class _Parser:
-    """Recursive descent over the token list, one method per precedence level."""
+#: Binding strength of the binary connectives (``~`` binds tighter than all).
+_PRECEDENCE = {"iff": 1, "implies": 2, "or": 3, "and": 4}
 
-    def __init__(self, text: str, tokens: list[tuple[str, str, int]]):
-        self.text = text
-        self.tokens = tokens
-        self.i = 0
 
-    def parse(self) -> Formula:
-        f = self.iff()
-        if self.i < len(self.tokens):
-            self.fail("unexpected")
-        return f
+def _parse_tokens(text: str, tokens: list[tuple[str, str, int]]) -> Formula:
+    """Operator precedence parsing with explicit stacks (any nesting depth): ``&`` and ``|``
+    chains become one n-ary node, ``->`` groups to the right, ``<->`` to the left."""
 
-    def peek(self) -> str | None:
-        return self.tokens[self.i][0] if self.i < len(self.tokens) else None
+    def fail(what: str, i: int):
+        if i < len(tokens):
+            _, value, column = tokens[i]
+            raise ParseError(f"{what} {value!r} at column {column + 1} in {text!r}")
+        raise ParseError(f"{what} end of formula in {text!r}")
 
-    def fail(self, what: str):
-        if self.i < len(self.tokens):
-            _, value, column = self.tokens[self.i]
-            raise ParseError(f"{what} {value!r} at column {column + 1} in {self.text!r}")
-        raise ParseError(f"{what} end of formula in {self.text!r}")
+    operands: list[Formula] = []
+    # "(", "not", or [connective, number of operators in its chain]
+    operators: list = []
 
-    def iff(self) -> Formula:
-        f = self.implies()
-        while self.peek() == "iff":
-            self.i += 1
-            f = Iff(f, self.implies())
-        return f
+    def reduce() -> None:
+        top = operators.pop()
+        if top == "not":
+            operands.append(Not(operands.pop()))
+            return
+        kind, count = top
+        if kind in ("and", "or"):
+            parts = tuple(operands[-count - 1 :])
+            del operands[-count - 1 :]
+            operands.append(And(parts) if kind == "and" else Or(parts))
+            return
+        right = operands.pop()
+        left = operands.pop()
+        operands.append(Implies(left, right) if kind == "implies" else Iff(left, right))
 
-    def implies(self) -> Formula:
-        f = self.disjunction()
-        if self.peek() == "implies":
-            self.i += 1
-            return Implies(f, self.implies())
-        return f
-
-    def disjunction(self) -> Formula:
-        parts = [self.conjunction()]
-        while self.peek() == "or":
-            self.i += 1
-            parts.append(self.conjunction())
-        return parts[0] if len(parts) == 1 else Or(tuple(parts))
-
-    def conjunction(self) -> Formula:
-        parts = [self.unary()]
-        while self.peek() == "and":
-            self.i += 1
-            parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else And(tuple(parts))
-
-    def unary(self) -> Formula:
-        kind = self.peek()
-        if kind == "not":
-            self.i += 1
-            return Not(self.unary())
-        if kind == "(":
-            self.i += 1
-            f = self.iff()
-            if self.peek() != ")":
-                self.fail("expected ')' but found")
-            self.i += 1
-            return f
-        if kind == "name":
-            name = self.tokens[self.i][1]
-            self.i += 1
-            if name in ("true", "false"):
-                return Const(name == "true")
-            return Var(name)
-        self.fail("expected a name, '~' or '(' but found")
+    expect_operand = True
+    for i, (kind, value, _) in enumerate(tokens):
+        if expect_operand:
+            if kind in ("not", "("):
+                operators.append(kind)
+            elif kind == "name":
+                constant = value in ("true", "false")
+                operands.append(Const(value == "true") if constant else Var(value))
+                expect_operand = False
+            else:
+                fail("expected a name, '~' or '(' but found", i)
+        elif kind == ")":
+            while operators and operators[-1] != "(":
+                reduce()
+            if not operators:
+                fail("unexpected", i)
+            operators.pop()
+        elif kind in _PRECEDENCE:
+            strength = _PRECEDENCE[kind]
+            while operators and operators[-1] != "(":
+                top = operators[-1]
+                top_strength = 5 if top == "not" else _PRECEDENCE[top[0]]
+                # tighter connectives finish first; "<->" also finishes an earlier "<->"
+                if top_strength > strength or (kind == "iff" and top_strength == strength):
+                    reduce()
+                else:
+                    break
+            top = operators[-1] if operators else None
+            if kind in ("and", "or") and isinstance(top, list) and top[0] == kind:
+                top[1] += 1
+            else:
+                operators.append([kind, 1])
+            expect_operand = True
+        else:
+            fail("unexpected", i)
+    if expect_operand:
+        fail("expected a name, '~' or '(' but found", len(tokens))
+    while operators:
+        if operators[-1] == "(":
+            fail("expected ')' but found", len(tokens))
+        reduce()
+    return operands[0]
 
 
 # ---------------------------------------------------------------------------- the module
@@ -321,12 +425,18 @@ class FuzzyFormula(torch.nn.Module):
             Lukasiewicz, where the two coincide).
         backend: the circuit module's backend (``"auto"``: Triton kernels on CUDA, PyTorch on
             CPU).
+        validate: check that truth values lie in ``[0, 1]``. One comparison over the input; on
+            CUDA reading its result is a host sync, so ``validate=False`` skips it (also needed
+            under ``torch.compile`` without graph breaks, or ``torch.func.vmap``), and then
+            values outside ``[0, 1]`` give values that are no truth values.
 
     ``forward(truth: [..., n])``: float16/32/64 truth values on the module's device. Raises
     :class:`~trilay.engine.errors.ShapeError` when the last dimension is not ``n``,
-    :class:`~trilay.engine.errors.DTypeError` for non-float inputs; unknown logics and
-    residuated implications raise :class:`~trilay.engine.errors.SemiringError` at
-    construction. Values are not checked to lie in ``[0, 1]`` (that would need a device sync).
+    :class:`~trilay.engine.errors.DTypeError` for non-float inputs and
+    :class:`~trilay.engine.errors.ValueRangeError` for values outside ``[0, 1]`` (NaN
+    included); unknown logics and residuated implications raise
+    :class:`~trilay.engine.errors.SemiringError` at construction. Formulas of any nesting
+    depth are parsed, converted and built without recursion.
 
     Gradients: through min/max they go to the arg-min/arg-max child (the PyTorch path splits
     ties evenly, the Triton kernels give them to the first child); Lukasiewicz's clamps pass
@@ -341,8 +451,12 @@ class FuzzyFormula(torch.nn.Module):
         variables: Sequence[str] | None = None,
         implication: str = "s",
         backend: str = "auto",
+        validate: bool = True,
     ):
         super().__init__()
+        if not isinstance(validate, bool):
+            raise OptionError(f"validate is True or False, got {validate!r}")
+        self.validate = validate
         if logic not in LOGICS:
             raise SemiringError(f"unknown fuzzy logic {logic!r}; expected one of {list(LOGICS)}")
         if implication not in ("s", "r"):
@@ -365,7 +479,7 @@ class FuzzyFormula(torch.nn.Module):
         self.formulas = tuple(formulas)
         self.variables = _order(formulas, variables)
         self.circuit = (
-            _build_circuit([nnf(f) for f in formulas], self.variables)
+            _build_circuit(_nnf_all(formulas), self.variables)
             .compile(smooth=False)
             .module(LOGICS[logic], backend=backend)
         )
@@ -384,6 +498,8 @@ class FuzzyFormula(torch.nn.Module):
                 f"FuzzyFormula over {self.num_vars} variables {list(self.variables)} takes "
                 f"[..., {self.num_vars}], got {list(truth.shape)}"
             )
+        if self.validate:
+            check_unit_interval(truth, "FuzzyFormula takes truth values, which")
         return self.circuit(truth)
 
     def extra_repr(self) -> str:
@@ -392,36 +508,46 @@ class FuzzyFormula(torch.nn.Module):
 
 
 def _build_circuit(formulas: list[Formula], names: tuple[str, ...]) -> Circuit:
-    """One root per NNF formula; shared sub-formula objects become shared nodes."""
+    """One root per NNF formula; shared sub-formula objects become shared nodes (post-order
+    with an explicit stack: any depth)."""
     column = {name: i + 1 for i, name in enumerate(names)}
     circuit = Circuit(num_vars=len(names))
     built: dict[int, int] = {}
-
-    def node(f: Formula) -> int:
-        key = id(f)
-        if key not in built:
-            if isinstance(f, Var):
-                built[key] = circuit.literal(column[f.name])
-            elif isinstance(f, Not):
-                built[key] = circuit.literal(-column[f.child.name])
-            elif isinstance(f, Const):
-                built[key] = circuit.true() if f.value else circuit.false()
-            elif isinstance(f, And):
-                built[key] = circuit.conjoin([node(c) for c in f.children])
-            else:
-                built[key] = circuit.disjoin([node(c) for c in f.children])
-        return built[key]
-
+    stack = list(formulas)
+    while stack:
+        f = stack[-1]
+        if id(f) in built:
+            stack.pop()
+            continue
+        if isinstance(f, (And, Or)):
+            missing = [c for c in f.children if id(c) not in built]
+            if missing:
+                stack.extend(missing)
+                continue
+            kids = [built[id(c)] for c in f.children]
+            node = circuit.conjoin(kids) if isinstance(f, And) else circuit.disjoin(kids)
+        elif isinstance(f, Var):
+            node = circuit.literal(column[f.name])
+        elif isinstance(f, Not):
+            node = circuit.literal(-column[f.child.name])
+        else:
+            node = circuit.true() if f.value else circuit.false()
+        built[id(f)] = node
+        stack.pop()
     for f in formulas:
-        circuit.add_root(node(f))
+        circuit.add_root(built[id(f)])
     return circuit
 
 
 def _order(formulas: list[Formula], given: Sequence[str] | None) -> tuple[str, ...]:
     seen: dict[str, None] = {}
+    visited: set[int] = set()  # a shared sub-formula is walked once
     stack = list(reversed(formulas))
     while stack:
         f = stack.pop()
+        if id(f) in visited:
+            continue
+        visited.add(id(f))
         if isinstance(f, Var):
             seen.setdefault(f.name, None)
         else:
@@ -452,7 +578,16 @@ def _children(f: Formula) -> tuple[Formula, ...]:
 
 
 def _has_implication(f: Formula) -> bool:
-    return isinstance(f, (Implies, Iff)) or any(map(_has_implication, _children(f)))
+    visited: set[int] = set()
+    stack = [f]
+    while stack:
+        g = stack.pop()
+        if isinstance(g, (Implies, Iff)):
+            return True
+        if id(g) not in visited:
+            visited.add(id(g))
+            stack.extend(_children(g))
+    return False
 
 
 def _formula(x) -> Formula:
@@ -471,8 +606,43 @@ def _name(n) -> str:
     return n
 
 
-def _wrap(f: Formula) -> str:
-    return str(f) if isinstance(f, (Var, Const, Not)) else f"({f})"
+def _render(f: Formula) -> str:
+    """The formula as text (``~``, ``&``, ``|``, ``->``, ``<->``, parentheses around every
+    compound operand), built piece by piece with an explicit stack: any depth, linear time."""
+    out: list[str] = []
+    stack: list = [f]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        else:
+            stack.extend(reversed(_pieces(item)))
+    return "".join(out)
+
+
+def _pieces(f: Formula) -> list:
+    """The text of ``f`` one level deep: strings and operand formulas, in order."""
+    if isinstance(f, Var):
+        return [f.name]
+    if isinstance(f, Const):
+        return ["true" if f.value else "false"]
+    if isinstance(f, Not):
+        return ["~", *_operand(f.child)]
+    if isinstance(f, (Implies, Iff)):
+        left, right = (f.premise, f.conclusion) if isinstance(f, Implies) else (f.left, f.right)
+        return [*_operand(left), " -> " if isinstance(f, Implies) else " <-> ", *_operand(right)]
+    if not f.children:
+        return ["true" if isinstance(f, And) else "false"]
+    pieces: list = []
+    for i, child in enumerate(f.children):
+        if i:
+            pieces.append(" & " if isinstance(f, And) else " | ")
+        pieces.extend(_operand(child))
+    return pieces
+
+
+def _operand(f: Formula) -> list:
+    return [f] if isinstance(f, (Var, Const, Not)) else ["(", f, ")"]
 
 
 # ---------------------------------------------------------------------------- quantifiers
@@ -483,13 +653,16 @@ def exists(
     *,
     stable: bool = True,
     keepdim: bool = False,
+    validate: bool = True,
 ) -> torch.Tensor:
     """LTN's existential quantifier, the p-mean ``(mean(x^p))^(1/p)`` over ``dim``.
 
     ``stable`` first maps ``x -> (1 - eps) x + eps`` (``eps = 1e-4``) so that the p-th root
     never sees 0. ``p >= 1``; as ``p`` grows it tends to the max. ``[..., N, ...]`` ->
-    ``[..., ...]`` (``keepdim`` keeps size-1 dims)."""
-    x = _check_quantifier(truth, dim, p)
+    ``[..., ...]`` (``keepdim`` keeps size-1 dims). Truth values outside ``[0, 1]`` (NaN
+    included) raise :class:`~trilay.engine.errors.ValueRangeError` unless ``validate=False``
+    (the check is a host sync on CUDA, as in :class:`FuzzyFormula`)."""
+    x = _check_quantifier(truth, dim, p, validate)
     if stable:
         x = (1 - EPS) * x + EPS
     return x.pow(p).mean(dim=dim, keepdim=keepdim).pow(1 / p)
@@ -502,19 +675,21 @@ def forall(
     *,
     stable: bool = True,
     keepdim: bool = False,
+    validate: bool = True,
 ) -> torch.Tensor:
     """LTN's universal quantifier, the p-mean error ``1 - (mean((1 - x)^p))^(1/p)`` over
     ``dim``.
 
     ``stable`` first maps ``x -> (1 - eps) x`` (``eps = 1e-4``) so that the p-th root never
-    sees 0. ``p >= 1``; as ``p`` grows it tends to the min. Shapes as :func:`exists`."""
-    x = _check_quantifier(truth, dim, p)
+    sees 0. ``p >= 1``; as ``p`` grows it tends to the min. Shapes and ``validate`` as
+    :func:`exists`."""
+    x = _check_quantifier(truth, dim, p, validate)
     if stable:
         x = (1 - EPS) * x
     return 1 - (1 - x).pow(p).mean(dim=dim, keepdim=keepdim).pow(1 / p)
 
 
-def sat_agg(*truths: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+def sat_agg(*truths: torch.Tensor, p: float = 2.0, validate: bool = True) -> torch.Tensor:
     """LTN's ``SatAgg``: :func:`forall` over the truth values of closed formulas (scalars or
     same-shape tensors), the satisfaction of a knowledge base to maximize."""
     if not truths:
@@ -522,12 +697,14 @@ def sat_agg(*truths: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     shapes = {tuple(t.shape) for t in truths if isinstance(t, torch.Tensor)}
     if len(shapes) != 1 or not all(isinstance(t, torch.Tensor) for t in truths):
         raise ShapeError(f"sat_agg takes tensors of one shape, got {sorted(shapes)}")
-    return forall(torch.stack(truths), dim=0, p=p)
+    return forall(torch.stack(truths), dim=0, p=p, validate=validate)
 
 
-def _check_quantifier(truth, dim, p) -> torch.Tensor:
+def _check_quantifier(truth, dim, p, validate: bool) -> torch.Tensor:
     if not isinstance(truth, torch.Tensor) or not truth.is_floating_point():
         raise DTypeError(f"quantifiers take float truth values, got {truth!r:.80}")
+    if not isinstance(validate, bool):
+        raise OptionError(f"validate is True or False, got {validate!r}")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not p >= 1:
         raise SemiringError(f"the p-mean quantifiers need p >= 1, got {p!r}")
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
@@ -536,4 +713,6 @@ def _check_quantifier(truth, dim, p) -> torch.Tensor:
             raise ShapeError(f"dim {d} is out of range for shape {list(truth.shape)}")
         if truth.shape[d] == 0:
             raise ShapeError(f"cannot quantify over the empty dim {d} of {list(truth.shape)}")
+    if validate:
+        check_unit_interval(truth, "quantifiers take truth values, which")
     return truth

@@ -39,8 +39,10 @@ from importlib import resources
 import numpy as np
 import torch
 from trilay.engine import Circuit
-from trilay.engine.errors import CircuitError, DTypeError, ShapeError
+from trilay.engine.errors import CircuitError, DTypeError, OptionError, ShapeError
 from trilay.engine.io import read_dimacs
+
+from ._checks import check_unit_interval
 
 #: Reductions of :class:`SemanticLoss`, as in ``torch.nn`` losses.
 REDUCTIONS = ("none", "mean", "sum")
@@ -95,7 +97,8 @@ class Constraint:
                 f"{self.description} is over {self.num_vars} variables; num_vars={n!r} is too few"
             )
         circuit = Circuit(num_vars=int(n))
-        circuit.add_sdd(self.sdd())
+        # over its own variables: a manager's auxiliary ones are quantified out of the node
+        circuit.add_sdd(self.sdd(), num_vars=self.num_vars)
         return circuit
 
     def __and__(self, other: Constraint) -> Constraint:
@@ -207,8 +210,9 @@ def implies(
 ) -> Constraint:
     """``AND(premise) -> OR(conclusion)``, i.e. the clause ``OR(-premise) | OR(conclusion)``.
 
-    Each side is one signed literal (``3``, ``-2``) or a sequence of them: the premise is their
-    conjunction, the conclusion their disjunction. ``implies(4, 1)`` says "label 4 implies
+    Each side is one signed literal (``3``, ``-2``; variables are 1-based, variable ``v`` is
+    input column ``v - 1``) or a sequence of them: the premise is their conjunction, the
+    conclusion their disjunction. ``implies(4, 1)`` says "label 4 implies
     label 1" (a hierarchy edge); ``implies([1, 2], [-3])`` says "1 and 2 exclude 3".
     """
     pre = [premise] if _is_int(premise) else list(premise)
@@ -394,12 +398,19 @@ class SemanticLoss(torch.nn.Module):
         reduction: ``"none"`` (loss ``[...]``), ``"mean"`` or ``"sum"`` (a scalar).
         backend: the circuit module's backend (``"auto"``: Triton kernels on CUDA, PyTorch
             on CPU).
+        validate: check that probabilities lie in ``[0, 1]`` (``from_logits=False`` only;
+            logits take any value). One comparison over the input; on CUDA reading its result
+            is a host sync, so ``validate=False`` skips it (also needed under ``torch.compile``
+            without graph breaks, or ``torch.func.vmap``), and then a value outside
+            ``[0, 1]`` gives a NaN loss.
 
     ``forward(x: [..., n]) -> loss``: float16/32/64 inputs on the module's device (move it
     with ``.to(device)``; the compiled circuit is the submodule ``circuit``). Raises
-    :class:`~trilay.engine.errors.ShapeError` when the last dimension is not ``n`` and
-    :class:`~trilay.engine.errors.DTypeError` for non-float inputs. Probabilities are not
-    checked to lie in ``[0, 1]`` (that would need a device sync); outside it the loss is NaN.
+    :class:`~trilay.engine.errors.ShapeError` when the last dimension is not ``n``,
+    :class:`~trilay.engine.errors.DTypeError` for non-float inputs and
+    :class:`~trilay.engine.errors.ValueRangeError` for probabilities outside ``[0, 1]``
+    (NaN included: logits passed as probabilities, most often). An unknown ``reduction``
+    raises :class:`~trilay.engine.errors.OptionError` at construction.
 
     Values: the loss is ``+inf`` (never NaN) where the weights give the constraint probability
     0, and finite where they do not, including at probabilities exactly 0 and 1.
@@ -420,12 +431,17 @@ class SemanticLoss(torch.nn.Module):
         from_logits: bool = False,
         reduction: str = "mean",
         backend: str = "auto",
+        validate: bool = True,
     ):
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ShapeError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+        if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+            raise OptionError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+        for name, flag in (("from_logits", from_logits), ("validate", validate)):
+            if not isinstance(flag, bool):
+                raise OptionError(f"{name} is True or False, got {flag!r}")
         self.reduction = reduction
-        self.from_logits = bool(from_logits)
+        self.from_logits = from_logits
+        self.validate = validate
         circuit = constraint_circuit(constraint, num_vars)
         self.num_vars = circuit.num_vars
         # Smoothed so that every root mentions every variable: the count is then over complete
@@ -460,6 +476,12 @@ class SemanticLoss(torch.nn.Module):
             raise ShapeError(
                 f"SemanticLoss over {self.num_vars} variables takes [..., {self.num_vars}], "
                 f"got {list(x.shape)}"
+            )
+        if self.validate and not self.from_logits:
+            check_unit_interval(
+                x,
+                "SemanticLoss(from_logits=False) takes probabilities, which",
+                " (logits? pass from_logits=True)",
             )
 
     def extra_repr(self) -> str:
@@ -519,7 +541,7 @@ def constraint_circuit(constraint, num_vars: int | None = None) -> Circuit:
     if isinstance(constraint, SddNode):
         n = constraint.manager.var_count() if num_vars is None else num_vars
         circuit = Circuit(num_vars=n)
-        circuit.add_sdd(constraint)
+        circuit.add_sdd(constraint, num_vars=n)
         return circuit
     raise CircuitError(
         "a constraint is a Constraint, a CNF (DIMACS path or clause list), a PySDD SddNode, an "
@@ -564,7 +586,10 @@ def _variables(variables, num_vars) -> tuple[list[int], int]:
             raise CircuitError("a constraint needs at least one variable")
         for v in vs:
             if not _is_int(v) or v < 1:
-                raise CircuitError(f"variables are positive integers, got {v!r}")
+                raise CircuitError(
+                    f"variables are positive integers (1-based: variable v is input column "
+                    f"v - 1), got {v!r}"
+                )
         vs = [int(v) for v in vs]
         if len(set(vs)) != len(vs):
             raise CircuitError(f"variables repeat: {vs}")
@@ -582,7 +607,10 @@ def _count(k, name: str) -> int:
 
 def _literal(lit) -> int:
     if not _is_int(lit) or lit == 0:
-        raise CircuitError(f"a literal is a non-zero integer, got {lit!r}")
+        raise CircuitError(
+            "a literal is a non-zero integer +v or -v; variables are 1-based (variable v is "
+            f"input column v - 1), got {lit!r}"
+        )
     return int(lit)
 
 

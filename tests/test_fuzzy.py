@@ -4,12 +4,21 @@ formula as written (no NNF, binary connectives folded by hand), the parser, and 
 from __future__ import annotations
 
 import functools
+import operator
 import random
 
 import pytest
 import torch
 from conftest import TRITON_DEVICE
-from trilay.engine.errors import CircuitError, DTypeError, ParseError, SemiringError, ShapeError
+from trilay.engine.errors import (
+    CircuitError,
+    DTypeError,
+    OptionError,
+    ParseError,
+    SemiringError,
+    ShapeError,
+    ValueRangeError,
+)
 from trilay.frontends.fuzzy import (
     And,
     Const,
@@ -23,6 +32,7 @@ from trilay.frontends.fuzzy import (
     disjoin,
     exists,
     forall,
+    nnf,
     parse,
     sat_agg,
     variables,
@@ -61,6 +71,49 @@ def naive(f, x: torch.Tensor, logic: str, names: list[str]) -> torch.Tensor:
     if isinstance(f, And):
         return functools.reduce(T[logic], values, torch.ones(x.shape[:-1], dtype=x.dtype))
     return functools.reduce(S[logic], values, torch.zeros(x.shape[:-1], dtype=x.dtype))
+
+
+def as_written(f, x: torch.Tensor, logic: str, names: list[str]) -> torch.Tensor:
+    """:func:`naive` without recursion (post-order over the formula objects, each evaluated
+    once), for formulas thousands of levels deep."""
+    value: dict[int, torch.Tensor] = {}
+    stack = [f]
+    while stack:
+        g = stack[-1]
+        if id(g) in value:
+            stack.pop()
+            continue
+        if isinstance(g, Var):
+            value[id(g)] = x[..., names.index(g.name)]
+        elif isinstance(g, Const):
+            value[id(g)] = torch.full(x.shape[:-1], float(g.value), dtype=x.dtype)
+        else:
+            if isinstance(g, Not):
+                kids = [g.child]
+            elif isinstance(g, Implies):
+                kids = [g.premise, g.conclusion]
+            elif isinstance(g, Iff):
+                kids = [g.left, g.right]
+            else:
+                kids = list(g.children)
+            missing = [k for k in kids if id(k) not in value]
+            if missing:
+                stack.extend(missing)
+                continue
+            v = [value[id(k)] for k in kids]
+            t, s = T[logic], S[logic]
+            if isinstance(g, Not):
+                value[id(g)] = 1 - v[0]
+            elif isinstance(g, Implies):
+                value[id(g)] = s(1 - v[0], v[1])
+            elif isinstance(g, Iff):
+                value[id(g)] = t(s(1 - v[0], v[1]), s(1 - v[1], v[0]))
+            elif isinstance(g, And):
+                value[id(g)] = functools.reduce(t, v, torch.ones(x.shape[:-1], dtype=x.dtype))
+            else:
+                value[id(g)] = functools.reduce(s, v, torch.zeros(x.shape[:-1], dtype=x.dtype))
+        stack.pop()
+    return value[id(f)]
 
 
 def random_formula(rng: random.Random, names: list[str], depth: int):
@@ -284,6 +337,117 @@ def test_errors():
         variables("a and")
     with pytest.raises(CircuitError):
         Var("a") & 1
+
+
+# ---------------------------------------------------------------------------- depth
+NAMES = ["a", "b", "c"]
+
+
+def _deep(kind: str):
+    """Formulas thousands of levels deep (text or objects), each a RecursionError before."""
+    a, b, c = variables(NAMES)
+    if kind == "parentheses":
+        return "(" * 3000 + "a & (b" + ")" * 3001 + " | c"
+    if kind == "negations":
+        return "~" * 3001 + "(a -> b)"
+    if kind == "implication chain":
+        return " -> ".join(["a", "~b", "c"] * 700)
+    if kind == "iff chain":
+        return " <-> ".join(["a", "b", "c"] * 340)
+    if kind == "alternating":  # a & (b | (a & (b | ...))): 1,000 and/or levels in the circuit
+        return "".join("a & (" if i % 2 else "b | (" for i in range(1000)) + "c" + ")" * 1000
+    if kind == "& left":  # Python's a & b & c & ...: And(And(And(a, b), c), ...)
+        return functools.reduce(operator.and_, [a, b, c] * 1700)
+    if kind == "& right":
+        return functools.reduce(lambda rest, v: v & rest, [a, ~b, c] * 1700)
+    if kind == "| of ~":  # ~(a | ~(b | ~(c | ...))): 1,020 and/or levels in the circuit
+        return functools.reduce(lambda rest, v: ~(v | rest), [a, b, c] * 340)
+    raise ValueError(kind)
+
+
+DEEP = [
+    "parentheses",
+    "negations",
+    "implication chain",
+    "iff chain",
+    "alternating",
+    "& left",
+    "& right",
+    "| of ~",
+]
+
+
+@pytest.mark.parametrize("kind", DEEP)
+def test_deep_formulas_match_the_formula_evaluated_as_written(kind):
+    """Parsed, converted and built without recursion; the value is the formula's own,
+    evaluated connective by connective in torch (``as_written``), in every logic."""
+    formula = _deep(kind)
+    tree = parse(formula) if isinstance(formula, str) else formula
+    # values near 1 keep long products and Lukasiewicz sums away from their clamps
+    x = 0.9 + 0.1 * torch.rand(
+        6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7)
+    )
+    for logic in LOGICS:
+        module = FuzzyFormula(formula, logic, variables=NAMES)
+        torch.testing.assert_close(module(x)[:, 0], as_written(tree, x, logic, NAMES), **F64)
+    # the text round trip goes through the same parser
+    again = FuzzyFormula(str(tree), "product", variables=NAMES)
+    torch.testing.assert_close(again(x), module(x) if logic == "product" else again(x))
+    assert repr(tree).startswith(type(tree).__name__ + "(")
+
+
+def test_deep_nnf_is_linear_and_keeps_multiplicity():
+    """A 5,000-deep left-nested & chain flattens into one AND of 5,000 children; a chain of
+    shared doublings x = x & x (2^60 copies of a) stays small and is still a^(2^60)."""
+    a, b = variables("a b")
+    chain = functools.reduce(operator.and_, [a, b] * 2500)
+    flat = nnf(chain)
+    assert isinstance(flat, And) and len(flat.children) == 5000
+    doubled = a
+    for _ in range(60):
+        doubled = doubled & doubled
+    module = FuzzyFormula(doubled, "product")
+    assert sum(edges for _, edges in module.circuit.layer_sizes()) < 1000
+    one = torch.tensor([[1.0]], dtype=torch.float64)
+    assert module(one).item() == 1.0 and module(one * 0.999999).item() == 0.0
+
+
+# ---------------------------------------------------------------------------- truth values
+@pytest.mark.parametrize(
+    "values, found",
+    [
+        ([1.5, 0.5], r"1 value in \[1\.5, 1\.5\]"),
+        ([-0.25, 2.0], r"2 values in \[-0\.25, 2\]"),
+        ([float("nan"), 0.5], "1 NaN"),
+        ([float("inf"), float("nan")], r"1 value in \[inf, inf\] and 1 NaN"),
+    ],
+)
+def test_truth_values_outside_unit_interval_are_refused(values, found):
+    """Before: 1.5 gave 2.125 (product a | b with a = 1.5, b = 0.5...)."""
+    x = torch.tensor([values], dtype=torch.float64)
+    module = FuzzyFormula("a | b", "product")
+    with pytest.raises(ValueRangeError, match=r"truth values, which must lie in \[0, 1\]"):
+        module(x)
+    with pytest.raises(ValueRangeError, match=found):
+        module(x)
+    with pytest.raises(ValueRangeError):
+        exists(x[0])
+    with pytest.raises(ValueRangeError):
+        forall(x[0], dim=0)
+    with pytest.raises(ValueRangeError):
+        sat_agg(x[0, 0], torch.tensor(0.5, dtype=torch.float64))
+    # the switch: unchecked, the formula is evaluated as given (no error)
+    unchecked = FuzzyFormula("a | b", "product", validate=False)(x)
+    assert unchecked.shape == (1, 1)
+    exists(x[0], validate=False)
+    with pytest.raises(OptionError):
+        FuzzyFormula("a", "product", validate="no")
+
+
+def test_truth_values_at_the_bounds_are_accepted():
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    out = FuzzyFormula("a | b", "product")(x)
+    torch.testing.assert_close(out, torch.ones(2, 1, dtype=torch.float64), **F64)
 
 
 # ---------------------------------------------------------------------------- quantifiers

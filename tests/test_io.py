@@ -6,7 +6,10 @@ Oracles, none of which use trilay's parsers:
 * model counts: a small big-int counter for deterministic decomposable NNF (smoothing on the fly
   with variable sets) is compared with PySDD's ``global_model_count`` of the same file;
 * PySDD's own enumeration of models, and files written from a PySDD traversal
-  (``elements()``, ``literal``, ...) rather than by trilay.
+  (``elements()``, ``literal``, ...) rather than by trilay;
+* the independent line-by-line readings of ``file_formats`` (sharing no code with trilay):
+  the parser must accept what they accept, with the same result, and refuse what they refuse,
+  naming the same line.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import pathlib
 import random
 import time
 
+import file_formats as ref
 import numpy as np
 import pytest
-from trilay.engine import io
-from trilay.engine.circuit import AND, FALSE, LITERAL, OR, TRUE
+import torch
+from trilay.engine import errors, io
+from trilay.engine.circuit import AND, FALSE, LITERAL, OR, TRUE, Circuit
 from trilay.engine.errors import CircuitError, ParseError
 
 pysdd = pytest.importorskip("pysdd.sdd")
@@ -134,89 +139,20 @@ def write(tmp_path, name: str, text: str) -> pathlib.Path:
     return p
 
 
-def expect_error(func, path, line, match):
+def expect_error(func, path, line, match, reference=None):
+    """``func(path)`` raises ParseError at ``line`` matching ``match``; ``reference`` (a reader
+    of ``file_formats``), when given, refuses the same bytes at the same line."""
     with pytest.raises(ParseError, match=match) as info:
         func(path)
     err = info.value
     assert err.path == str(path)
     assert err.line == line, str(err)
     assert str(err).startswith(f"{path}:{line}: " if line is not None else f"{path}: ")
+    if reference is not None:
+        with pytest.raises(ref.Refused) as refused:
+            reference(pathlib.Path(path).read_bytes())
+        assert refused.value.line == line, str(refused.value)
     return err
-
-
-# ----------------------------------------------------------------------------- PySDD -> files
-def pysdd_nodes(root):
-    """Topologically ordered unique nodes of a PySDD SDD, by a PySDD traversal."""
-    order, seen = [], set()
-    stack = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if node.id in seen:
-            continue
-        if expanded or not node.is_decision():
-            seen.add(node.id)
-            order.append(node)
-            continue
-        stack.append((node, True))
-        for prime, sub in node.elements():
-            stack.extend([(sub, False), (prime, False)])
-    return order
-
-
-def write_c2d(root, num_vars: int, path) -> None:
-    """The SDD as c2d text: a decision node is an O over one A(prime, sub) per element."""
-    lines, index, edges = [], {}, 0
-    for node in pysdd_nodes(root):
-        if node.is_true():
-            lines.append("A 0")
-        elif node.is_false():
-            lines.append("O 0 0")
-        elif node.is_literal():
-            lines.append(f"L {node.literal}")
-        else:
-            ands = []
-            for prime, sub in node.elements():
-                lines.append(f"A 2 {index[prime.id]} {index[sub.id]}")
-                edges += 2
-                ands.append(len(lines) - 1)
-            lines.append(f"O 0 {len(ands)} " + " ".join(map(str, ands)))
-            edges += len(ands)
-        index[node.id] = len(lines) - 1
-    path.write_text(f"nnf {len(lines)} {edges} {num_vars}\n" + "\n".join(lines) + "\n")
-
-
-def write_d4(root, path) -> None:
-    """The SDD as d4 text, parents declared before children (root = node 1); an element whose
-    prime is a literal becomes an edge labelled with it, other elements an ``a`` node."""
-    nodes = pysdd_nodes(root)[::-1]  # parents first
-    ids = {node.id: i + 1 for i, node in enumerate(nodes)}
-    decls, edges, extra = [], [], len(nodes)
-    for node in nodes:
-        me = ids[node.id]
-        if node.is_true():
-            decls.append(f"t {me} 0")
-        elif node.is_false():
-            decls.append(f"f {me} 0")
-        elif node.is_literal():  # a literal: an AND with no children, its edge carries it
-            decls.append(f"a {me} 0")
-            extra += 1
-            decls.append(f"t {extra} 0")
-            edges.append(f"{me} {extra} {node.literal} 0")
-        else:
-            decls.append(f"o {me} 0")
-            for prime, sub in node.elements():
-                if prime.is_literal():
-                    edges.append(f"{me} {ids[sub.id]} {prime.literal} 0")
-                else:
-                    extra += 1
-                    decls.append(f"a {extra} 0")
-                    edges += [
-                        f"{me} {extra} 0",
-                        f"{extra} {ids[prime.id]} 0",
-                        f"{extra} {ids[sub.id]} 0",
-                    ]
-    # interleave: declarations first, then edges; children (higher ids) come after parents
-    path.write_text("c written by the test\n" + "\n".join(decls + edges) + "\n")
 
 
 def compile_and_save(tmp_path, clauses, num_vars, vtree="balanced", name="f"):
@@ -261,8 +197,8 @@ def test_real_sdd_files(name):
     # the root mentions the same variables as the file's literals
     assert set(np.abs(lit[kind == LITERAL]).tolist()) == {abs(int(l[3])) for l in by_type["L"]}
 
-    # the vectorized and the line-by-line parsers agree exactly
-    slow = io._parse_sdd_lines(sdd.read_text().split("\n"), str(sdd), io.read_vtree_file(vt))
+    # the same DAG as the independent reading
+    slow = ref.read_sdd(sdd.read_bytes(), set(ref.read_vtree(vt.read_bytes())))
     for a, b in zip(arrays, slow, strict=True):
         assert np.array_equal(a, b)
 
@@ -296,7 +232,7 @@ def test_sdd_without_vtree_and_str_paths(tmp_path):
     assert ddnnf_model_count(arrays, 41) == REAL["road_r"]
 
 
-def test_sdd_unusual_layout_goes_through_line_parser(tmp_path):
+def test_sdd_unusual_layout_is_the_same_file(tmp_path):
     """Leading blanks, tabs, CRLF and interleaved comments: valid, so parsed the same."""
     src = (DATA / "sudoku_4.sdd").read_text().splitlines()
     odd = []
@@ -306,7 +242,6 @@ def test_sdd_unusual_layout_goes_through_line_parser(tmp_path):
             odd.append("c a comment")
     p = tmp_path / "odd.sdd"
     p.write_bytes("\r\n".join(odd).encode())
-    assert io._parse_sdd_fast(p.read_bytes(), None) is None
     a, _ = io.read_sdd_file(p, DATA / "sudoku_4.vtree")
     b, _ = io.read_sdd_file(DATA / "sudoku_4.sdd", DATA / "sudoku_4.vtree")
     for x, y in zip(a, b, strict=True):
@@ -315,16 +250,12 @@ def test_sdd_unusual_layout_goes_through_line_parser(tmp_path):
 
 def test_sdd_sparse_ids_and_any_order(tmp_path):
     """Ids need not be dense or ordered; only defined before use."""
-    text = (
-        "sdd 6\nL 900 0 1\nL -5 2 2\nL 7000000000 0 -1\nF 12\nT 3\nD 41 1 2 900 -5 7000000000 12\n"
-    )
+    text = "sdd 6\nL 900 0 1\nL 5 2 2\nL 7000000000 0 -1\nF 12\nT 3\nD 41 1 2 900 5 7000000000 12\n"
     p = write(tmp_path, "s.sdd", text)
-    fast = io._parse_sdd_fast(p.read_bytes(), None)
     arrays, _ = io.read_sdd_file(p)
     check_dag(arrays)
-    for a, b in zip(fast, io._parse_sdd_lines(text.split("\n"), "s", None), strict=True):
+    for a, b in zip(arrays, ref.read_sdd(text.encode()), strict=True):
         assert np.array_equal(a, b)
-    assert fast is not None  # the sparse-id (sorted lookup) branch of the fast path
     assert truth_table(arrays, 2).tolist() == [False, False, False, True]  # (x1 & x2) | (-x1 & F)
 
 
@@ -392,12 +323,10 @@ def test_compile_cnf_checks_arguments():
         io.compile_cnf_with_pysdd([[1]], -1)
 
 
-def test_large_sdd_fast_and_line_parsers_agree(tmp_path):
+def test_large_sdd_agrees_with_the_reference_reading(tmp_path):
     root, sdd, vt = compile_and_save(tmp_path, random_cnf(40, 20, 7), 40, name="big")
-    data = sdd.read_bytes()
-    fast = io._parse_sdd_fast(data, io.read_vtree_file(vt))
-    assert fast is not None
-    slow = io._parse_sdd_lines(data.decode().split("\n"), str(sdd), None)
+    fast, _ = io.read_sdd_file(sdd, vt)
+    slow = ref.read_sdd(sdd.read_bytes())
     for a, b in zip(fast, slow, strict=True):
         assert np.array_equal(a, b)
     assert ddnnf_model_count(fast, 40) == root.global_model_count()
@@ -424,15 +353,28 @@ VT2 = "vtree 3\nL 0 1\nL 2 2\nI 1 0 2\n"
         ("sdd 3\nT 0\nF 1\nD 2 1 2 0 1\n", 4, "a D line with 2 elements has 8 tokens, got 6"),
         ("sdd 2\nT 0\nD 2 1 0 0 0\n", 3, "a D line with 0 elements"),
         ("sdd 1\nL 0 0 0\n", 2, "literal 0"),
-        ("sdd 1\nL 0 0 -4611686018427387904\n", 2, "literal -4611686018427387904"),
-        ("sdd 1\nL 0 0 99999999999999999999999\n", 2, "literal 99999999999999999999999"),
+        ("sdd 1\nL 0 0 -4611686018427387904\n", 2, "integer -4611686018427387904 is out of range"),
+        ("sdd 1\nL 0 0 99999999999999999999999\n", 2, "integer 99999999999999999999999 is out"),
+        ("sdd 1\nL 0 0 16777217\n", 2, "literal 16777217 .* v <= 16,777,216"),
+        ("sdd 1\nL 0 0 -2147483647\n", 2, "literal -2147483647"),
+        ("sdd 1\nL 0 0 \uff113\n", 2, "expected an integer, got '\uff113'"),  # full-width 1
+        ("sdd 1\nL 0 0 \u0662\n", 2, "expected an integer, got '\u0662'"),  # Arabic-Indic 2
+        ("sdd 1\nL 0 0 +1\n", 2, "expected an integer, got '\\+1'"),
+        ("sdd 1\nL 0 0 2_0\n", 2, "expected an integer, got '2_0'"),
+        ("sdd 1\nT -5\n", 2, "expected a non-negative integer, got '-5'"),
+        ("sdd 1\nT\xa00\n", 2, "unknown SDD line type"),  # a no-break space is no blank
+        ("sdd \uff11\nT 0\n", 1, "expected an integer"),
+        ("c x\nsdd 2\nT 0\nsdd 2\nF 0\n", 4, "second 'sdd' header \\(first at line 2\\)"),
+        ("sdd 3\nT 0\nD 1 0 1 0 0\nD 1 0 1 0 7\n", 4, "forward reference"),  # ref before dup
+        ("sdd 3\nT 0\nD 1 0 1 0 x\nD 1 0 1 0 0\n", 3, "expected an integer"),
+        ("sdd 3\nT 0\nD 2 0 1 0 9\nL 0 0 0\n", 3, "forward reference"),  # earlier than L
         ("sdd\n", 1, "the header is 'sdd <count>'"),
         ("sdd 1\nT 0 0\n", 2, "a T line"),
     ],
 )
 def test_sdd_parse_errors(tmp_path, text, line, match):
     p = write(tmp_path, "bad.sdd", text)
-    expect_error(io.read_sdd_file, p, line, match)
+    expect_error(io.read_sdd_file, p, line, match, ref.read_sdd)
 
 
 def test_sdd_literal_outside_vtree(tmp_path):
@@ -456,12 +398,22 @@ def test_sdd_literal_outside_vtree(tmp_path):
         ("vtree 1\nL 0\n", 2, "a vtree L line"),
         ("", None, "empty vtree file"),
         ("L 0 1\n", 1, "before the 'vtree <count>' header"),
+        ("vtree 3\nL 0 1\nL 1 4611686018427387903\nI 2 0 1\n", 3, "beyond trilay's limit"),
+        ("vtree 1\nL 0 0\n", 2, "variable 0 is not positive"),
+        ("vtree 1\nL 0 \uff11\n", 2, "expected an integer"),
+        # a DAG: node 0 is the child of two I nodes (and a left child twice over)
+        ("vtree 5\nL 0 1\nL 1 2\nI 2 0 1\nI 3 0 2\n", 5, "already a child of the I node at line 4"),
+        ("vtree 2\nL 0 1\nI 1 0 0\n", 3, "vtree node 0 is already a child"),
+        # a forest: two trees
+        ("vtree 4\nL 0 1\nL 1 2\nI 2 0 1\nL 3 3\n", 4, "vtree node 2 is no I node's child"),
+        ("vtree 2\nL 0 1\nL 1 2\n", 2, "a vtree is one tree, not a forest"),
+        ("vtree 2\nL 0 1\nL 1 2\nvtree 2\n", 4, "second 'vtree' header"),
     ],
 )
 def test_vtree_parse_errors(tmp_path, text, line, match):
     vt = write(tmp_path, "bad.vtree", text)
     sdd = write(tmp_path, "ok.sdd", "sdd 1\nT 0\n")
-    expect_error(lambda q: io.read_sdd_file(sdd, q), vt, line, match)
+    expect_error(lambda q: io.read_sdd_file(sdd, q), vt, line, match, ref.read_vtree)
 
 
 # ----------------------------------------------------------------------------- c2d
@@ -499,12 +451,12 @@ def test_c2d_from_pysdd(tmp_path, seed):
     clauses = random_cnf(num_vars, 2 * num_vars, 100 + seed)
     root = io.compile_cnf_with_pysdd(clauses, num_vars)
     p = tmp_path / "g.nnf"
-    write_c2d(root, num_vars, p)
+    p.write_text(ref.c2d_text(root, num_vars))
     arrays, n = io.read_nnf_file(p)
     check_dag(arrays)
     assert n == num_vars
     assert np.array_equal(truth_table(arrays, num_vars), cnf_table(clauses, num_vars))
-    slow, _ = io._parse_c2d(p.read_text().split("\n"), str(p))
+    slow, _ = ref.read_c2d(p.read_bytes())
     for a, b in zip(arrays, slow, strict=True):
         assert np.array_equal(a, b)
 
@@ -527,11 +479,18 @@ def test_c2d_from_pysdd(tmp_path, seed):
         ("nnf 1 0 1\nX 1\n", 2, "unknown c2d line type 'X'"),
         ("nnf 1 0 1\nL x\n", 2, "expected an integer, got 'x'"),
         ("nnf 0 0 1\n", 1, "no nodes"),
-        ("c nothing\n\n", None, "empty NNF file"),
+        ("nnf 1 0 1099511627776\nL 1\n", 1, "variable count 1099511627776 is beyond trilay"),
+        ("nnf 128 231 1099511627776\nL 1\n", 1, "variable count 1099511627776"),
+        ("nnf 1 0 1\nL +1\n", 2, "expected an integer, got '\\+1'"),
+        ("nnf 1 0 1\nL \u0661\n", 2, "expected an integer"),
+        ("nnf 1 0 -1\nL 1\n", 1, "expected a non-negative integer, got '-1'"),
+        ("nnf 2 1 1\nL 1\nA 1 -0\n", 3, "expected a non-negative integer, got '-0'"),
+        ("nnf 1 0 1\nnnf 1 0 1\n", 2, "second 'nnf' header"),
     ],
 )
 def test_c2d_parse_errors(tmp_path, text, line, match):
-    expect_error(io.read_nnf_file, write(tmp_path, "bad.nnf", text), line, match)
+    reference = ref.read_c2d if line is not None else None
+    expect_error(io.read_nnf_file, write(tmp_path, "bad.nnf", text), line, match, reference)
 
 
 # ----------------------------------------------------------------------------- d4
@@ -557,9 +516,8 @@ def test_d4_xor_children_after_parents(tmp_path):
     assert n is None
     check_dag(arrays)
     assert truth_table(arrays, 2).tolist() == [False, True, True, False]
-    slow = io._parse_d4(p.read_text().split("\n"), str(p))
-    check_dag(slow)
-    assert truth_table(slow, 2).tolist() == [False, True, True, False]
+    weight = {1: 3, -1: 5, 2: 7, -2: 11}.get
+    assert ref.evaluate_dag(arrays, weight) == ref.read_d4(p.read_bytes())(weight)
 
 
 def test_d4_root_is_node_1_and_constants(tmp_path):
@@ -578,25 +536,41 @@ def test_d4_from_pysdd(tmp_path, seed):
     clauses = random_cnf(num_vars, 2 * num_vars, 200 + seed)
     root = io.compile_cnf_with_pysdd(clauses, num_vars, "right" if seed % 2 else "balanced")
     p = tmp_path / "g.nnf"
-    write_d4(root, p)
+    p.write_text(ref.d4_text(root))
     want = cnf_table(clauses, num_vars)
     arrays, n = io.read_nnf_file(p)
     assert n is None
     check_dag(arrays)
     assert np.array_equal(truth_table(arrays, num_vars), want)
-    assert io._parse_d4_fast(p.read_bytes()) is not None
-    slow = io._parse_d4(p.read_text().split("\n"), str(p))
-    check_dag(slow)
-    assert np.array_equal(truth_table(slow, num_vars), want)
-    assert (
-        ddnnf_model_count(arrays, num_vars) == ddnnf_model_count(slow, num_vars) == int(want.sum())
+    assert ddnnf_model_count(arrays, num_vars) == int(want.sum())
+    weight = random.Random(seed).randrange
+    weights = {l: weight(ref.PRIME) for v in range(1, num_vars + 1) for l in (v, -v)}
+    assert ref.evaluate_dag(arrays, weights.get) == ref.read_d4(p.read_bytes())(weights.get)
+
+
+def test_d4_deeper_than_the_vectorized_levels(tmp_path):
+    """A 3,000-node chain (past the level-by-level sort's limit, so the node-by-node sort
+    finishes it) reads as the reference reading evaluates it; closed into a cycle, the first
+    edge of the cycle in file order is named."""
+    n = 3000
+    decls = [f"o {i} 0" for i in range(1, n)] + [f"t {n} 0"]
+    edges = [f"{i} {i + 1} {(-1) ** i * (i % 7 + 1)} 0" for i in range(1, n)]
+    text = "\n".join(decls + edges[::-1]) + "\n"
+    arrays, _ = io.read_nnf_file(write(tmp_path, "chain.nnf", text))
+    check_dag(arrays)
+    weight = {l: 3 + (l % 11) for v in range(1, 8) for l in (v, -v)}.get
+    assert ref.evaluate_dag(arrays, weight) == ref.read_d4(text.encode())(weight)
+    cyclic = write(tmp_path, "cycle.nnf", text.replace(f"t {n} 0", f"o {n} 0") + f"{n} 1 0\n")
+    expect_error(
+        io.read_nnf_file, cyclic, n + 1, r"cycle through node 3000 \(edge 2999", ref.read_d4
     )
 
 
 @pytest.mark.parametrize(
     "text, line, match",
     [
-        ("o 1 0\na 2 0\n1 2 0\n2 1 0\n", 4, "cycle through node 1"),
+        ("o 1 0\na 2 0\n1 2 0\n2 1 0\n", 3, "cycle through node 2 \\(edge 1 -> 2\\)"),
+        ("o 1 0\na 2 0\na 3 0\n1 2 0\n2 3 0\n3 2 0\n", 5, "cycle through node 3"),
         ("o 1 0\n1 1 0\n", 2, "cycle"),
         ("o 1 0\nt 2 0\n1 2\n", 3, "missing trailing 0"),
         ("o 1 0\nt 2 0\n1 2 3\n", 3, "missing trailing 0"),
@@ -608,13 +582,20 @@ def test_d4_from_pysdd(tmp_path, seed):
         ("o 1 0\nz 2 0\n", 2, "unknown d4 line type 'z'"),
         ("o 1 0\nt 2 0\n1 2 0 3 0\n", 3, "0 before the end"),
         ("o 1 0\nt 2 0\n1 0\n", 3, "an edge line"),
-        ("o 1 0\nt 2 0\n1 2 4611686018427387904 0\n", 3, "literal 4611686018427387904 is too"),
+        ("o 1 0\nt 2 0\n1 2 4611686018427387904 0\n", 3, "integer 4611686018427387904 is out"),
+        ("o 1 0\nt 2 0\n1 2 2147483647 0\n", 3, "literal 2147483647: variable beyond trilay"),
+        ("o 1 0\nt 2 0\n1 2 \uff11 0\n", 3, "expected an integer"),
+        ("o 1 0\nt 2 0\n1 2 2_0 0\n", 3, "expected an integer, got '2_0'"),
+        ("o 1 0\nt 2 0\n-1 2 0\n", 3, "expected a non-negative integer, got '-1'"),
+        ("o 0 0\n", 1, "node id 0"),
+        ("o 1 0\nt 2 0\n1 2 0\no 1 0\n1 3 0\n", 4, "duplicate node id 1 \\(first at line 1\\)"),
         ("t 1 0\no 2 0\n1 2 0\n", 3, "edge out of the constant node 1"),
         ("c only comments\n", None, "empty NNF file"),
     ],
 )
 def test_d4_parse_errors(tmp_path, text, line, match):
-    expect_error(io.read_nnf_file, write(tmp_path, "bad.nnf", text), line, match)
+    reference = ref.read_d4 if line is not None else None
+    expect_error(io.read_nnf_file, write(tmp_path, "bad.nnf", text), line, match, reference)
 
 
 # ----------------------------------------------------------------------------- DIMACS
@@ -648,16 +629,20 @@ def test_dimacs_spanning_clauses_and_end_marker(tmp_path):
         ("p dnf 2 1\n", 1, "the header is"),
         ("p cnf 2 1\np cnf 2 1\n", 2, "second 'p' header"),
         ("p cnf a 1\n", 1, "expected an integer"),
+        ("p cnf 1099511627776 7\n1 0\n", 1, "variable count 1099511627776 is beyond trilay"),
+        ("p cnf 2 1\n\uff11 0\n", 2, "expected an integer"),
+        ("p cnf 2 1\n+1 0\n", 2, "expected an integer, got '\\+1'"),
+        ("p cnf 2 -1\n", 1, "expected a non-negative integer, got '-1'"),
+        ("p cnf 2 1\n1 0\nx\n%\n", 3, "expected an integer, got 'x'"),
     ],
 )
 def test_dimacs_parse_errors(tmp_path, text, line, match):
-    expect_error(io.read_dimacs, write(tmp_path, "bad.cnf", text), line, match)
+    reference = ref.read_dimacs
+    expect_error(io.read_dimacs, write(tmp_path, "bad.cnf", text), line, match, reference)
 
 
 # ----------------------------------------------------------------------------- Circuit wiring
 def test_circuit_loaders_use_io(tmp_path):
-    from trilay.engine.circuit import Circuit
-
     c = Circuit()
     r0 = c.add_sdd_file(DATA / "sudoku_4.sdd", DATA / "sudoku_4.vtree")
     r1 = c.add_nnf_file(write(tmp_path, "xor.nnf", XOR_D4))
@@ -665,6 +650,117 @@ def test_circuit_loaders_use_io(tmp_path):
     assert (r0, r1, r2) == (0, 1, 2) and c.num_vars == 64
     kind, lit, child_start, children, roots = c.arrays()
     assert kind.size == c.num_nodes and roots.size == 3
+
+
+def pysdd_wmc(node, pos, neg) -> float:
+    """PySDD's own weighted model count of ``node`` over its manager's variables."""
+    wmc = node.wmc(log_mode=False)
+    for v in range(1, node.manager.var_count() + 1):
+        wmc.set_literal_weight(node.manager.literal(v), float(pos[v - 1]))
+        wmc.set_literal_weight(node.manager.literal(-v), float(neg[v - 1]))
+    return wmc.propagate()
+
+
+SDD_NODES = {  # in a manager of 5 variables
+    "x1 & x3": lambda m: m.literal(1) & m.literal(3),
+    "-x2": lambda m: m.literal(-2),
+    "x5": lambda m: m.literal(5),
+    "true": lambda m: m.true(),
+    "false": lambda m: m.false(),
+    "x1 | x4": lambda m: m.literal(1) | m.literal(4),
+}
+
+
+@pytest.mark.parametrize("name", list(SDD_NODES))
+def test_add_sdd_counts_every_variable_of_the_manager(name):
+    """A node is a function of its manager's variables: x1 & x3 in a 5-variable manager has
+    PySDD model count 8 and takes [B, 5] weights (issue 13: it took [B, 3], constants [B, 0])."""
+    mgr = SddManager.from_vtree(Vtree(5, [1, 2, 3, 4, 5], "balanced"))
+    node = SDD_NODES[name](mgr)
+    c = Circuit()
+    c.add_sdd(node)
+    assert c.num_vars == 5
+    module = c.compile().module("real")
+    g = torch.Generator().manual_seed(1)
+    pos, neg = torch.rand(4, 5, generator=g, dtype=torch.float64), torch.rand(4, 5, generator=g)
+    got = module(pos, neg.double())[:, 0]
+    want = [pysdd_wmc(node, pos[b], neg[b]) for b in range(4)]
+    assert got.tolist() == pytest.approx(want, rel=1e-12, abs=1e-300)
+    ones = torch.ones(1, 5, dtype=torch.float64)
+    assert module(ones, ones)[0, 0].item() == node.global_model_count()
+
+
+def test_add_sdd_num_vars_reads_the_node_over_fewer_variables():
+    mgr = SddManager.from_vtree(Vtree(5, [1, 2, 3, 4, 5], "balanced"))
+    node = mgr.literal(1) & mgr.literal(-2)
+    c = Circuit(num_vars=3)
+    with pytest.raises(CircuitError, match="declares 5 variables.*declared variable count 3"):
+        c.add_sdd(node)
+    c.add_sdd(node, num_vars=3)  # variables 4 and 5 are not mentioned: quantified out
+    assert c.num_vars == 3
+    ones = torch.ones(1, 3, dtype=torch.float64)
+    assert c.compile().module("real")(ones, ones).item() == node.model_count() * 2 == 2
+    with pytest.raises(CircuitError, match="mentions variable 2, beyond num_vars=1"):
+        Circuit().add_sdd(node, num_vars=1)
+
+
+def test_missing_files_raise_one_error_type(tmp_path):
+    """Every loader: MissingFileError, which is both a TrilayError and a FileNotFoundError."""
+    missing = tmp_path / "nowhere"
+    good_sdd, good_vtree = DATA / "sudoku_4.sdd", DATA / "sudoku_4.vtree"
+    loaders = {
+        "read_sdd_file": lambda: io.read_sdd_file(missing),
+        "read_sdd_file vtree": lambda: io.read_sdd_file(good_sdd, missing),
+        "read_vtree_file": lambda: io.read_vtree_file(missing),
+        "read_nnf_file": lambda: io.read_nnf_file(missing),
+        "read_dimacs": lambda: io.read_dimacs(missing),
+        "add_sdd_file": lambda: Circuit().add_sdd_file(missing, good_vtree),
+        "add_sdd_file vtree": lambda: Circuit().add_sdd_file(good_sdd, missing),
+        "add_nnf_file": lambda: Circuit().add_nnf_file(missing),
+        "add_cnf": lambda: Circuit().add_cnf(missing),
+        "add_cnf str": lambda: Circuit().add_cnf(str(missing)),
+        "directory": lambda: Circuit().add_nnf_file(tmp_path),
+    }
+    for name, load in loaders.items():
+        with pytest.raises(FileNotFoundError) as info:
+            load()
+        assert isinstance(info.value, errors.MissingFileError), name
+        assert isinstance(info.value, errors.TrilayError), name
+        assert info.value.filename in (str(missing), str(tmp_path)), name
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda c: c.literal(2**62), "1 <= v <= 16,777,216"),
+        (lambda c: c.literal(-(2**70)), "1 <= v <= 16,777,216"),
+        (lambda c: c.literal(2**24 + 1), "got 16777217"),
+        (lambda c: c.literal(0), "variables are 1-based"),
+        (lambda c: Circuit(num_vars=2**40), "num_vars must be an integer in 0..16,777,216"),
+        (lambda c: Circuit(num_vars=-1), "num_vars must be an integer"),
+        (lambda c: c.add_cnf([[1]], num_vars=-1), "num_vars must be an integer in 0..16,777,216"),
+        (lambda c: c.add_cnf([[1]], num_vars=2**40), "num_vars must be an integer"),
+        (lambda c: c.add_cnf([[1]], num_vars=1.5), "num_vars must be an integer"),
+        (lambda c: c.add_cnf([[2**40]]), "a CNF literal .* got 1099511627776"),
+        (lambda c: c.add_cnf([[1, "2"]]), "a CNF literal .* got '2'"),
+        (lambda c: c.add_cnf([1, 2]), "a CNF is a DIMACS path or a sequence of clauses"),
+    ],
+)
+def test_builders_bound_variables_and_counts(build, match):
+    with pytest.raises(CircuitError, match=match):
+        build(Circuit())
+
+
+def test_add_cnf_negative_count_from_a_file_header(tmp_path):
+    with pytest.raises(ParseError, match="expected a non-negative integer, got '-1'"):
+        Circuit().add_cnf(write(tmp_path, "n.cnf", "p cnf -1 1\n1 0\n"))
+
+
+def test_the_variable_limit_itself_is_a_variable():
+    """MAX_VARS is the largest variable, not one past it."""
+    c = Circuit()
+    c.add_root(c.literal(-(2**24)))
+    assert c.num_vars == 2**24 == ref.MAX_VARS
 
 
 def test_parse_speed_of_the_largest_file():

@@ -19,7 +19,13 @@ from conftest import (
 )
 from pysdd.sdd import SddManager, Vtree
 from trilay.engine import Circuit
-from trilay.engine.errors import CircuitError, DTypeError, ShapeError
+from trilay.engine.errors import (
+    CircuitError,
+    DTypeError,
+    OptionError,
+    ShapeError,
+    ValueRangeError,
+)
 from trilay.frontends.semantic_loss import (
     Constraint,
     SemanticLoss,
@@ -429,8 +435,12 @@ def test_errors():
         loss_fn(torch.ones(2, 3, dtype=torch.int64))
     with pytest.raises(DTypeError):
         loss_fn([0.1, 0.2, 0.3])
-    with pytest.raises(ShapeError, match="reduction"):
+    with pytest.raises(OptionError, match="unknown reduction 'max'"):
         SemanticLoss(exactly_one(3), reduction="max")
+    with pytest.raises(OptionError, match="reduction"):
+        SemanticLoss(exactly_one(3), reduction=None)
+    with pytest.raises(OptionError, match="from_logits is True or False"):
+        SemanticLoss(exactly_one(3), from_logits="yes")
     with pytest.raises(CircuitError, match="constraint is"):
         SemanticLoss(3.5)
     with pytest.raises(CircuitError, match="too few"):
@@ -440,6 +450,78 @@ def test_errors():
     two_roots.add_root(two_roots.literal(2))
     with pytest.raises(CircuitError, match="one root"):
         SemanticLoss(two_roots)
+
+
+@pytest.mark.parametrize(
+    "x, found",
+    [
+        ([[-1.2, 0.3, 2.5]], r"2 values in \[-1\.2, 2\.5\]"),  # logits given as probabilities
+        ([[0.2, 1.0000001, 0.5]], r"1 value in \[1, 1\]"),
+        ([[0.2, float("nan"), 0.5]], "1 NaN"),
+    ],
+)
+def test_probabilities_outside_unit_interval_are_refused(x, found):
+    """Before: a NaN loss (logits passed with the default from_logits=False)."""
+    x = torch.tensor(x, dtype=torch.float64)
+    loss_fn = SemanticLoss(exactly_one(3))
+    with pytest.raises(ValueRangeError, match=r"probabilities, which must lie in \[0, 1\]"):
+        loss_fn(x)
+    with pytest.raises(ValueRangeError, match=found + ".*pass from_logits=True"):
+        loss_fn(x)
+    # the same numbers as logits are fine, and the check can be switched off
+    logits = SemanticLoss(exactly_one(3), from_logits=True)(x.nan_to_num(0.0))
+    assert torch.isfinite(logits)
+    assert SemanticLoss(exactly_one(3), validate=False)(x).isnan()
+
+
+def test_probabilities_at_the_bounds_are_accepted():
+    p = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
+    assert SemanticLoss(exactly_one(3))(p).item() == 0.0
+
+
+def pysdd_log_wmc(node, p) -> float:
+    """PySDD's own log weighted model count over the node's manager variables."""
+    wmc = node.wmc(log_mode=False)
+    for v in range(1, node.manager.var_count() + 1):
+        wmc.set_literal_weight(node.manager.literal(v), float(p[v - 1]))
+        wmc.set_literal_weight(node.manager.literal(-v), 1 - float(p[v - 1]))
+    return math.log(wmc.propagate())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: m.true(),
+        lambda m: m.literal(-2),
+        lambda m: m.literal(1) & m.literal(3),
+        lambda m: m.literal(5) | m.literal(-1),
+    ],
+)
+def test_sdd_node_constraints_cover_the_managers_variables(make):
+    """A PySDD node in a 5-variable manager, constants and literals included: the loss takes
+    [..., 5] and equals -log of PySDD's own weighted model count."""
+    node = make(SddManager.from_vtree(Vtree(5, [1, 2, 3, 4, 5], "balanced")))
+    loss_fn = SemanticLoss(node, reduction="none")
+    assert loss_fn.num_vars == 5
+    p = torch.rand(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    want = torch.tensor([-pysdd_log_wmc(node, row) for row in p], dtype=torch.float64)
+    torch.testing.assert_close(loss_fn(p), want, **F64)
+
+
+def test_sdd_node_with_fewer_variables_than_its_manager():
+    node = SddManager.from_vtree(Vtree(5, [1, 2, 3, 4, 5], "balanced")).literal(2)
+    p = torch.tensor([[0.3, 0.8]], dtype=torch.float64)
+    loss = SemanticLoss(node, num_vars=2, reduction="none")(p)
+    torch.testing.assert_close(loss, torch.tensor([-math.log(0.8)], dtype=torch.float64), **F64)
+    with pytest.raises(CircuitError, match="mentions variable 2"):
+        SemanticLoss(node, num_vars=1)
+
+
+def test_literal_errors_say_variables_are_one_based():
+    with pytest.raises(CircuitError, match=r"1-based \(variable v is input column v - 1\)"):
+        implies(0, 1)
+    with pytest.raises(CircuitError, match="1-based"):
+        exactly_one([0, 1])
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import gc
 import math
 import pathlib
 import random
-import time
 
 import file_formats as ref
 import numpy as np
@@ -761,9 +760,3 @@ def test_the_variable_limit_itself_is_a_variable():
     c = Circuit()
     c.add_root(c.literal(-(2**24)))
     assert c.num_vars == 2**24 == ref.MAX_VARS
-
-
-def test_parse_speed_of_the_largest_file():
-    t = time.perf_counter()
-    io.read_sdd_file(DATA / "seq_fun.sdd", DATA / "seq_fun.vtree")
-    assert time.perf_counter() - t < 1.0

@@ -5,8 +5,10 @@ so creation order is a topological order and a builder can never close a cycle; 
 formats that allow forward references (d4) sort their nodes and reject cycles with a
 :class:`~trilay.engine.errors.ParseError`.
 
-The storage is flat (kind, literal, CSR of children) so that :meth:`Circuit.compile` works on
-numpy arrays, and bulk loaders append whole arrays without per-node Python work.
+The storage is flat numpy arrays (kind, literal, CSR of children) that grow by doubling, so
+that :meth:`Circuit.compile` reads them without a copy, bulk loaders append whole arrays
+without per-node Python work, and a circuit of millions of nodes costs bytes per node, not a
+Python object per integer.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ class Circuit:
             num_vars = _var_count(num_vars, "num_vars")
         self._declared_vars = num_vars
         self._max_var = 0
-        self._kind: list[int] = []
-        self._lit: list[int] = []
-        self._child_start: list[int] = [0]
-        self._children: list[int] = []
+        self._kind = _Growing(np.int8)
+        self._lit = _Growing(np.int64)
+        self._child_start = _Growing(np.int64)
+        self._child_start.append(0)
+        self._children = _Growing(np.int64)
         self._roots: list[int] = []
         self._interned: dict[tuple[int, int], int] = {}
 
@@ -64,11 +67,11 @@ class Circuit:
 
     @property
     def num_nodes(self) -> int:
-        return len(self._kind)
+        return self._kind.size
 
     @property
     def num_edges(self) -> int:
-        return len(self._children)
+        return self._children.size
 
     @property
     def num_roots(self) -> int:
@@ -79,15 +82,16 @@ class Circuit:
         return list(self._roots)
 
     def kind(self, node: int) -> int:
-        return self._kind[self._check_node(node)]
+        return int(self._kind.array[self._check_node(node)])
 
     def literal_of(self, node: int) -> int:
         """The signed literal of a literal node (0 for other kinds)."""
-        return self._lit[self._check_node(node)]
+        return int(self._lit.array[self._check_node(node)])
 
     def children(self, node: int) -> list[int]:
         node = self._check_node(node)
-        return self._children[self._child_start[node] : self._child_start[node + 1]]
+        start = self._child_start.array
+        return self._children.array[start[node] : start[node + 1]].tolist()
 
     # ------------------------------------------------------------------ programmatic builders
     def literal(self, lit: int) -> int:
@@ -240,34 +244,30 @@ class Circuit:
         return compile_circuit(self, smooth=smooth, fixed=fixed)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(kind, lit, child_start, children, roots)`` as int64 numpy arrays (a snapshot)."""
-        return (
-            np.asarray(self._kind, dtype=np.int64),
-            np.asarray(self._lit, dtype=np.int64),
-            np.asarray(self._child_start, dtype=np.int64),
-            np.asarray(self._children, dtype=np.int64),
-            np.asarray(self._roots, dtype=np.int64),
-        )
+        """``(kind, lit, child_start, children, roots)``: read-only views of the storage
+        (``kind`` int8, the others int64), valid until the next builder call."""
+        views = (self._kind, self._lit, self._child_start, self._children)
+        return (*(v.view() for v in views), np.asarray(self._roots, dtype=np.int64))
 
     # ------------------------------------------------------------------ internals
     def _intern(self, kind: int, lit: int) -> int:
         key = (kind, lit)
         node = self._interned.get(key)
         if node is None:
-            node = len(self._kind)
+            node = self._kind.size
             self._kind.append(kind)
             self._lit.append(lit)
-            self._child_start.append(len(self._children))
+            self._child_start.append(self._children.size)
             self._interned[key] = node
         return node
 
     def _internal(self, kind: int, children: Iterable[int]) -> int:
         kids = [self._check_node(c) for c in children]
-        node = len(self._kind)
+        node = self._kind.size
         self._kind.append(kind)
         self._lit.append(0)
-        self._children.extend(kids)
-        self._child_start.append(len(self._children))
+        self._children.extend(np.asarray(kids, dtype=np.int64))
+        self._child_start.append(self._children.size)
         return node
 
     def _append_arrays(
@@ -280,19 +280,19 @@ class Circuit:
     ) -> int:
         """Append a loader's local DAG (ids ``0..n-1``, children before parents); returns the
         circuit id of its local node ``root``."""
-        base = len(self._kind)
+        base = self._kind.size
         lits = np.abs(lit[kind == LITERAL])
         if lits.size:
             self._check_var(int(lits.max()))
-        self._kind.extend(kind.tolist())
-        self._lit.extend(lit.tolist())
-        self._child_start.extend((child_start[1:] + len(self._children)).tolist())
-        self._children.extend((children + base).tolist())
+        self._kind.extend(kind)
+        self._lit.extend(lit)
+        self._child_start.extend(child_start[1:] + self._children.size)
+        self._children.extend(children + base)
         return base + int(root)
 
     def _check_node(self, node) -> int:
-        if not _is_int(node) or not 0 <= node < len(self._kind):
-            raise CircuitError(f"{node!r} is not a node of this circuit ({len(self._kind)} nodes)")
+        if not _is_int(node) or not 0 <= node < self._kind.size:
+            raise CircuitError(f"{node!r} is not a node of this circuit ({self._kind.size} nodes)")
         return int(node)
 
     def _check_var(self, var: int, declare: bool = False, source: str | None = None) -> None:
@@ -302,6 +302,37 @@ class Circuit:
                 f"{what}, beyond the circuit's declared variable count {self._declared_vars}"
             )
         self._max_var = max(self._max_var, var)
+
+
+class _Growing:
+    """A 1-D numpy array that grows by doubling: amortized O(1) appends, no Python object per
+    item. ``array[:size]`` holds the items."""
+
+    def __init__(self, dtype):
+        self.array = np.empty(16, dtype=dtype)
+        self.size = 0
+
+    def _reserve(self, extra: int) -> None:
+        if self.size + extra > self.array.size:
+            grown = np.empty(max(2 * self.array.size, self.size + extra), dtype=self.array.dtype)
+            grown[: self.size] = self.array[: self.size]
+            self.array = grown
+
+    def append(self, item: int) -> None:
+        self._reserve(1)
+        self.array[self.size] = item
+        self.size += 1
+
+    def extend(self, items: np.ndarray) -> None:
+        self._reserve(items.size)
+        self.array[self.size : self.size + items.size] = items
+        self.size += items.size
+
+    def view(self) -> np.ndarray:
+        out = self.array[: self.size]
+        out = out.view()
+        out.flags.writeable = False
+        return out
 
 
 def _is_int(x) -> bool:

@@ -123,11 +123,15 @@ q(Y) :- d(Y,0).
 r(X) :- heads(X)."""
 
 
-def _brute_force(ph, pd):
-    """P(q(v) | seen(u,v)), P(r(u) | seen(u,v)) by enumerating heads, d, noise."""
+def _brute_force(ph, pd, none_world):
+    """P(q(v) | seen(u,v)), P(r(u) | seen(u,v)) by enumerating heads, d, noise. With
+    ``none_world``, d also takes DeepProbLog's extra "none" value, weighing ``1 - sum(pd)``
+    (0 on the simplex, but its gradient is DeepProbLog's)."""
     num_q = num_r = den = 0.0
-    for h, d, n in itertools.product([True, False], range(3), [True, False]):
-        w = (ph if h else 1 - ph) * pd[d] * (0.3 if n else 0.7)
+    values = [0, 1, 2, "none"] if none_world else [0, 1, 2]
+    for h, d, n in itertools.product([True, False], values, [True, False]):
+        w_d = 1 - pd.sum() if d == "none" else pd[d]
+        w = (ph if h else 1 - ph) * w_d * (0.3 if n else 0.7)
         if h or (d == 2 and n) or d == 1:
             den = den + w
             num_q = num_q + (w if d == 0 else 0.0)
@@ -135,18 +139,22 @@ def _brute_force(ph, pd):
     return num_q / den, num_r / den
 
 
-def test_evidence_nn2_values_and_gradients_against_enumeration():
+@pytest.mark.parametrize("gradient", ["deepproblog", "normalized"])
+def test_evidence_nn2_values_and_gradients_against_enumeration(gradient):
     ph = torch.tensor([0.35, 0.8], dtype=torch.float64)
     pd = torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.6, 0.3]], dtype=torch.float64)
     cnet, dnet = Table(ph), Table(pd)
-    model = Model(CONDITIONAL, {"cnet": cnet, "dnet": dnet})
+    model = Model(CONDITIONAL, {"cnet": cnet, "dnet": dnet}, gradient=gradient)
     inputs = {"u": torch.tensor([0, 1]), "v": torch.tensor([1, 0])}
     got = model([["q(v)", "r(u)"]] * 2, inputs)  # [2, 2]
     got.log().sum().backward()
 
     ph2 = ph.detach().clone().requires_grad_()
     pd2 = pd.detach().clone().requires_grad_()
-    expected = torch.stack([torch.stack(_brute_force(ph2[u], pd2[v])) for u, v in [(0, 1), (1, 0)]])
+    none_world = gradient == "deepproblog"
+    expected = torch.stack(
+        [torch.stack(_brute_force(ph2[u], pd2[v], none_world)) for u, v in [(0, 1), (1, 0)]]
+    )
     expected.log().sum().backward()
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(cnet.weight.grad, ph2.grad)

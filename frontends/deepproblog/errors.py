@@ -57,5 +57,5 @@ class ProgramError(TrilayError, ValueError):
         self.kind = getattr(error, "errtype", None) or type(error).__name__
         location = getattr(error, "location", None)
         self.line, self.column = (location[1], location[2]) if location else (None, None)
-        message = getattr(error, "message", None) or str(error)
+        message = getattr(error, "message", None) or str(error) or "(no message)"
         super().__init__(f"ProbLog {self.kind}: {message}")

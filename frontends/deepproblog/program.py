@@ -48,6 +48,7 @@ from problog.errors import ProbLogError
 from problog.formula import LogicDAG, LogicFormula
 from problog.logic import AnnotatedDisjunction, Clause, Constant, Or, Term, term2list
 from problog.program import PrologFile, PrologString, SimpleProgram
+from trilay.engine.errors import TrilayError
 
 from .errors import (
     InconsistentEvidenceError,
@@ -242,7 +243,7 @@ class Program:
         if circuit is None:
             circuit = ground.sdd(minimize).compile(smooth=True)
         weights = _literal_weights(ground.dag, ground.variables, self)
-        return QueryCircuit(circuit, ground.names, weights)
+        return QueryCircuit(circuit, ground.names, weights, ground.factored())
 
 
 @dataclass
@@ -255,6 +256,13 @@ class GroundQueries:
     keys: list
     evidence: list
     variables: Variables
+
+    def factored(self) -> bool:
+        """Whether ``WMC(C AND E)`` is a product over the variables' groups: no evidence, and
+        no constraint but annotated disjunctions (each over its own atoms)."""
+        return not self.evidence and all(
+            isinstance(c, ConstraintAD) for c in self.dag.constraints()
+        )
 
     def direct(self):
         """The formula as a circuit (:func:`~.formula.compile_direct`)."""
@@ -288,7 +296,9 @@ class CompiledQueries:
 
 
 class _problog_errors:
-    """Re-raise ProbLog's errors as the frontend's (a context manager)."""
+    """Re-raise ProbLog's errors as the frontend's (a context manager): its own error types,
+    and any other exception raised inside ProbLog's code (an ``AssertionError`` where ProbLog
+    fails on a program its own inference fails on too)."""
 
     def __enter__(self):
         return self
@@ -296,9 +306,19 @@ class _problog_errors:
     def __exit__(self, kind, error, traceback):
         if isinstance(error, ProbLogInconsistentEvidence):
             raise InconsistentEvidenceError(f"ProbLog: {error}") from error
-        if isinstance(error, ProbLogError):
+        if isinstance(error, ProbLogError) or (
+            isinstance(error, Exception)
+            and not isinstance(error, TrilayError)
+            and _raised_in_problog(traceback)
+        ):
             raise ProgramError(error) from error
         return False
+
+
+def _raised_in_problog(traceback) -> bool:
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return "problog" in pathlib.Path(traceback.tb_frame.f_code.co_filename).parts
 
 
 def _fixed_list(term) -> list | None:
@@ -467,7 +487,7 @@ class QueryCircuit(torch.nn.Module):
     ``[rows, len(names)]``.
     """
 
-    def __init__(self, compiled, names: list[str], weights: _Weights):
+    def __init__(self, compiled, names: list[str], weights: _Weights, factored: bool = False):
         super().__init__()
         self.names = names
         self.blocks = weights.blocks
@@ -498,6 +518,16 @@ class QueryCircuit(torch.nn.Module):
         self.register_buffer("forced_zero", torch.tensor(zeros, dtype=torch.long).reshape(-1, 2))
         ones = [(i, 0 if positive else 1, v - 1) for i, (_, v, positive, _) in enumerate(comps)]
         self.register_buffer("forced_one", torch.tensor(ones, dtype=torch.long).reshape(-1, 3))
+        # Closed form: where WMC(C AND E) is a product over groups, its ratio B_E / WMC_E is
+        # 1 / (the block's total mass); where a query root has no model with a complement's
+        # literal true (B = 0 for all weights: probed once with weights 1/2), its ratio is 0.
+        # When every query's roots are both, no forced pass is needed: dlogP/dc = -1 / mass.
+        self.closed_form = False
+        if factored and comps:
+            with torch.no_grad():
+                half = torch.full((1, 2, compiled.num_vars), math.log(0.5), dtype=torch.float64)
+                cofactor = self._forced(half)[:, 0, :-1]  # [C, num_queries]
+            self.closed_form = bool((cofactor == -math.inf).all())
 
     def _weights(self, blocks: list[torch.Tensor], rows: int, dtype) -> torch.Tensor:
         """``[rows, 2, V]`` log-weights (positive, negative) from the blocks."""
@@ -533,6 +563,12 @@ class QueryCircuit(torch.nn.Module):
         tracked = any(b.requires_grad for b in blocks) and torch.is_grad_enabled()
         if gradient != "deepproblog" or not self.complement_blocks or not tracked:
             return result
+        if probs is None:
+            probs = [b.exp() for b in blocks]
+        mass = torch.stack([probs[b].sum(dim=1) for b in self.complement_blocks])  # [C, rows]
+        if self.closed_form:
+            # Value 0; gradient -rho = 1 / mass for every class of the complement's block.
+            return result + ((mass - mass.detach()) / mass.detach()).sum(dim=0)
         with torch.no_grad():
             forced = self._forced(weights.detach())  # [C, rows, num_queries + 1]
             at = torch.arange(rows, device=columns.device)
@@ -540,9 +576,6 @@ class QueryCircuit(torch.nn.Module):
             ratio_e = torch.exp(forced[:, :, -1] - log_e.detach())
             # dlogP/dc; where P(q) = 0 it is infinite (the loss is too): left out, not NaN.
             rho = torch.nan_to_num(ratio_q - ratio_e, nan=0.0, posinf=0.0, neginf=0.0)
-        if probs is None:
-            probs = [b.exp() for b in blocks]
-        mass = torch.stack([probs[b].sum(dim=1) for b in self.complement_blocks])  # [C, rows]
         # Value 0; gradient -rho for every class of the complement's block.
         return result + (rho.to(dtype) * (mass.detach() - mass)).sum(dim=0)
 

@@ -113,3 +113,25 @@ def test_mnist_addition_gradient_matches_deepproblog():
         got_p, got_grad = _trilay(program, table, "multi_addition([i0,i1],[i2,i3],57)", inputs)
         torch.testing.assert_close(got_p, want_p)
         torch.testing.assert_close(got_grad["mnist_net"], want_grad["mnist_net"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_training_steps_give_deepproblogs_weights():
+    # Two Adam steps of batch 8 on the same pairs, in the same order, from the same weights:
+    # DeepProbLog's own training loop with its example's query style against trilay's Model
+    # (a log_softmax head: DeepProbLog's gradient and the normalized one coincide).
+    data = mnist.load_digits_split()
+    expected = mnist.compare_deepproblog(1, data, "example", num_queries=16)["network"]
+    train_x = data[0]
+    generator, pairs, sums, _ = mnist._split(data, 1, 0)
+    order = torch.randperm(len(pairs), generator=generator)[:16]
+    net = mnist._network(train_x[0].numel(), 0)
+    model = Model(mnist.DEEPPROBLOG_PROGRAM, {"mnist_net": net}, outputs="log_probs")
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3, fused=True)
+    for batch in order.split(8):
+        loss = model.loss(mnist.queries(sums[batch], 1), mnist.inputs(train_x, pairs[batch]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for got, want in zip(net.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

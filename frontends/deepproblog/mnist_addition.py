@@ -229,7 +229,7 @@ def train(
     generator, pairs, sums, test_pairs = _split(data, digits, seed)
     net = _network(train_x[0].numel(), seed)
     model = Model(PROGRAMS[program], {"mnist_net": net}, outputs="log_probs", check_outputs=False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     texts = queries(sums, digits)
 
     # The sums of all pairs become one multi-rooted circuit, compiled before training.
@@ -248,10 +248,12 @@ def train(
     }
     for epoch in range(epochs):
         order = torch.randperm(len(pairs), generator=generator)
+        listed = order.tolist()
         start = time.perf_counter()
         for i in range(0, len(pairs), batch_size):
             batch = order[i : i + batch_size]
-            loss = model.loss([texts[j] for j in batch], inputs(train_x, pairs[batch]))
+            batch_texts = [texts[j] for j in listed[i : i + batch_size]]
+            loss = model.loss(batch_texts, inputs(train_x, pairs[batch]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -333,7 +335,7 @@ def compare_deepproblog(
 
     net = _network(train_x[0].numel(), seed, softmax=True)
     network = Network(net, "mnist_net", batching=True)
-    network.optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    network.optimizer = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     model = DeepProbLogModel(DEEPPROBLOG_PROGRAM, [network], load=False)
     model.set_engine(ExactEngine(model), cache=True)
     model.add_tensor_source("train", Images())

@@ -156,7 +156,7 @@ class Model(torch.nn.Module):
         for flat, (c, _) in enumerate(where):
             groups.setdefault(c, []).append(flat)
         outputs = self._run_networks([self.circuits[c] for c in groups], inputs, batch)
-        device = self._device()
+        device = self.circuits[next(iter(groups))].index.device if groups else self._device()
         parts = []
         for c, flats in groups.items():
             circuit: QueryCircuit = self.circuits[c]
@@ -165,7 +165,9 @@ class Model(torch.nn.Module):
                 blocks = [outputs[b] for b in circuit.blocks]
             else:
                 row = torch.tensor(flats, device=device) // width
-                blocks = [tuple(t[row] for t in outputs[b]) for b in circuit.blocks]
+                blocks = [
+                    tuple(None if t is None else t[row] for t in outputs[b]) for b in circuit.blocks
+                ]
             parts.append(
                 circuit(
                     [log_p for log_p, _ in blocks],
@@ -221,14 +223,15 @@ class Model(torch.nn.Module):
             log_p, p = self._log_distribution(network, out, batch * len(slots))
             for i, names in enumerate(slots):
                 part = slice(i * batch, (i + 1) * batch)
-                result[(network, names)] = (log_p[part], p[part])
+                result[(network, names)] = (log_p[part], None if p is None else p[part])
         return result
 
     def _log_distribution(
         self, network: str, out: torch.Tensor, rows: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A network's output as ``[rows, width]`` log-probabilities and probabilities
-        (``nn/2``: columns ``p``, ``1 - p``), checked when ``check_outputs``."""
+        (``nn/2``: columns ``p``, ``1 - p``; ``None`` for log-probability outputs of ``nn/4``,
+        computed where needed), checked when ``check_outputs``."""
         pred = self.program.neural[network]
         if not isinstance(out, torch.Tensor):
             raise NetworkOutputError(f"network {network!r} returned {type(out).__name__}")
@@ -245,9 +248,9 @@ class Model(torch.nn.Module):
         log_p = out if self.outputs == "log_probs" else torch.log(out)
         if self.check_outputs:
             self._check(network, pred, out, log_p)
+        if pred.categorical:  # probabilities: only DeepProbLog's gradient needs them
+            return log_p, None if self.outputs == "log_probs" else out
         p = log_p.exp() if self.outputs == "log_probs" else out
-        if pred.categorical:
-            return log_p, p
         # log(1 - p) from what the network gave, not through exp(log p): exact near p = 1.
         log_not = log1mexp(out) if self.outputs == "log_probs" else torch.log1p(-out)
         return torch.stack([log_p, log_not], dim=1), torch.stack([p, 1 - p], dim=1)

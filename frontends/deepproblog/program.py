@@ -551,8 +551,8 @@ class QueryCircuit(torch.nn.Module):
         gradient: str = "deepproblog",
     ) -> torch.Tensor:
         """``[rows]`` log P(q_columns[i] | E); ``probs[i]``: block ``i`` as probabilities (the
-        network's own output, or ``exp`` of ``blocks[i]``), needed for DeepProbLog's gradient
-        only."""
+        network's own output; ``None``: ``exp`` of ``blocks[i]``), needed for DeepProbLog's
+        gradient only."""
         rows = columns.shape[0]
         dtype = blocks[0].dtype if blocks else torch.float64
         weights = self._weights(blocks, rows, dtype)
@@ -563,9 +563,13 @@ class QueryCircuit(torch.nn.Module):
         tracked = any(b.requires_grad for b in blocks) and torch.is_grad_enabled()
         if gradient != "deepproblog" or not self.complement_blocks or not tracked:
             return result
-        if probs is None:
-            probs = [b.exp() for b in blocks]
-        mass = torch.stack([probs[b].sum(dim=1) for b in self.complement_blocks])  # [C, rows]
+        probs = probs or [None] * len(blocks)
+        mass = torch.stack(
+            [
+                (blocks[b].exp() if probs[b] is None else probs[b]).sum(dim=1)
+                for b in self.complement_blocks
+            ]
+        )  # [C, rows]
         if self.closed_form:
             # Value 0; gradient -rho = 1 / mass for every class of the complement's block.
             return result + ((mass - mass.detach()) / mass.detach()).sum(dim=0)

@@ -14,14 +14,18 @@ Two compilers:
   :class:`_Node`). An annotated disjunction is one multi-valued variable there (its choices and
   ProbLog's extra "none" atom are its values, only positive literals appear, and exactly one
   value holds in every model), so ``C`` needs no clauses. Linear in the formula's size.
-- :func:`compile_sdd` compiles any formula with PySDD on a right-linear vtree whose variable
-  order follows the formula (depth first from the queries, the atoms of an annotated
-  disjunction together): a chain-structured program (digit-wise addition with a carry) gets an
-  SDD linear in its length, where PySDD's default balanced vtree grows exponentially.
+- :func:`compile_sdd` compiles any formula with PySDD on a vtree that follows the formula
+  (:func:`structure_vtree`: right-linear over the groups in depth-first order from the
+  queries, balanced within an annotated disjunction), each choice entered as its group's whole
+  value: a chain-structured program (digit-wise addition with a carry) gets an SDD linear in
+  its length (N = 15: 0.7 s, 5,683 SDD elements for one query), where ProbLog's compilation
+  (PySDD's default vtree, the constraint conjoined last) grows about 3x per digit.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 
 from problog.constraint import ConstraintAD
@@ -218,12 +222,38 @@ def _check_exclusive(children: list[_Node]) -> None:
 
 
 # ---------------------------------------------------------------------------- SDD
+def structure_vtree(groups: list[tuple[int, ...]]) -> Vtree:
+    """A vtree that follows the formula: right-linear over the groups in their order (a
+    chain of positions, as the formula walks them), balanced over each group's variables."""
+    lines: list[str] = []
+
+    def node(kind: str, *args: int) -> int:  # vtree file lines: "L id var", "I id left right"
+        lines.append(" ".join([kind, str(len(lines)), *map(str, args)]))
+        return len(lines) - 1
+
+    def balanced(vs) -> int:
+        if len(vs) == 1:
+            return node("L", vs[0])
+        half = len(vs) // 2
+        left, right = balanced(vs[:half]), balanced(vs[half:])
+        return node("I", left, right)
+
+    root = balanced(groups[-1] if groups else (1,))
+    for group in reversed(groups[:-1]):
+        left = balanced(group)
+        root = node("I", left, root)
+    with tempfile.TemporaryDirectory() as directory:  # PySDD reads vtrees from files only
+        path = os.path.join(directory, "structure.vtree")
+        with open(path, "w") as f:
+            f.write(f"vtree {len(lines)}\n" + "\n".join(lines) + "\n")
+        return Vtree.from_file(path.encode())
+
+
 def compile_sdd(dag, variables: Variables, queries: list, evidence: list, minimize: bool = False):
-    """PySDD nodes ``(manager, [q AND C AND E per query], C AND E)`` on a right-linear vtree
-    over the variables in their order (``minimize``: PySDD's garbage collection and dynamic
-    vtree minimization while compiling, as ProbLog's ``sdd_auto_gc``)."""
-    n = max(len(variables.atoms), 1)
-    manager = SddManager.from_vtree(Vtree(n, list(range(1, n + 1)), "right"))
+    """PySDD nodes ``(manager, [q AND C AND E per query], C AND E)`` on
+    :func:`structure_vtree` (``minimize``: PySDD's garbage collection and dynamic vtree
+    minimization while compiling, as ProbLog's ``sdd_auto_gc``)."""
+    manager = SddManager.from_vtree(structure_vtree(variables.groups))
     if minimize:
         manager.auto_gc_and_minimize_on()
     built: dict = {None: manager.false(), 0: manager.true()}
@@ -232,6 +262,19 @@ def compile_sdd(dag, variables: Variables, queries: list, evidence: list, minimi
         if minimize:  # a referenced node survives garbage collection
             node.ref()
         return node
+
+    def value(key):
+        """An atom's literal; a choice of an annotated disjunction as the group's whole value
+        (the choice and no other), so disjunctions over choices stay small before ``C``."""
+        var = variables.var[abs(key)]
+        group = variables.groups[variables.group_of[var]]
+        if key < 0 or len(group) == 1:
+            return manager.literal(var if key > 0 else -var)
+        result = manager.literal(var)
+        for other in group:
+            if other != var:
+                result = manager.conjoin(result, manager.literal(-other))
+        return result
 
     def build(root):
         stack = [(root, False)]
@@ -242,8 +285,7 @@ def compile_sdd(dag, variables: Variables, queries: list, evidence: list, minimi
             node = dag.get_node(abs(key))
             kind = type(node).__name__
             if kind == "atom":
-                literal = manager.literal(variables.var[abs(key)])
-                built[key] = keep(literal if key > 0 else manager.negate(literal))
+                built[key] = keep(value(key))
             elif key < 0:
                 if -key not in built:
                     stack.extend([(key, True), (-key, False)])

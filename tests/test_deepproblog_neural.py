@@ -97,11 +97,18 @@ def test_addition_batch_is_one_cached_circuit_and_matches_the_formula():
     assert len(model.circuits) == 1
 
 
-def test_multi_digit_addition_against_enumeration():
+@pytest.mark.parametrize(
+    "program, method, sums",
+    [
+        ("carry", "direct", [0, 9, 57, 100, 131, 198]),
+        ("carry", "sdd", [0, 9, 57, 100, 131, 198]),
+        ("deepproblog", "direct", [57, 131]),  # grounds 10^4 digit tuples per sum: slow
+    ],
+)
+def test_multi_digit_addition_against_enumeration(program, method, sums):
     gen = torch.Generator().manual_seed(1)
     table = torch.softmax(torch.randn(4, 10, generator=gen, dtype=torch.float64), -1)
-    model = Model(mnist.PROGRAM, {"mnist_net": Table(table)})
-    sums = [0, 9, 57, 100, 131, 198]
+    model = Model(mnist.PROGRAMS[program], {"mnist_net": Table(table)}, method=method)
     got = model(
         [f"multi_addition([a0,a1],[b0,b1],{s})" for s in sums],
         {k: torch.full((len(sums),), i) for i, k in enumerate(["a0", "a1", "b0", "b1"])},

@@ -423,9 +423,10 @@ def main(argv=None) -> None:
                 f"{'' if full else 'extrapolated to '}{epoch:.1f} s ({d['queries']} queries, "
                 f"{1000 * d['seconds_per_query']:.1f} ms/query; ground + compile "
                 f"{d['compile_seconds']:.1f} s of it, {d['circuits']} circuits) = "
-                f"{epoch / r['epoch_seconds'][0]:.0f}x trilay's first epoch, "
-                f"{epoch / (r['epoch_seconds'][0] + r['compile_seconds']):.0f}x with its "
-                f"compile; test sum accuracy {d['accuracy']:.4f}; load {_load()}"
+                f"{epoch / mean:.0f}x trilay's mean epoch, "
+                f"{epoch / (mean + r['compile_seconds']):.0f}x with its compile; test sum "
+                f"accuracy {d['accuracy']:.4f} (trilay after 1 epoch: {r['accuracy'][0]:.4f}); "
+                f"load {_load()}"
             )
     print("\n".join(["", "summary:", *rows]))
 

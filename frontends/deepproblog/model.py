@@ -106,11 +106,7 @@ class Model(torch.nn.Module):
     def prepare(self, queries: Sequence[str | Term]) -> None:
         """Ground and compile the queries not compiled yet, together, into one new circuit
         (call it with every query a training run will ask to get a single circuit)."""
-        new = []
-        for q in queries:
-            text = _canonical(q)
-            if text not in self._where and text not in new:
-                new.append(text)
+        new = list(dict.fromkeys(t for t in map(_canonical, queries) if t not in self._where))
         if not new:
             return
         circuit = self.program.compile(
@@ -150,7 +146,8 @@ class Model(torch.nn.Module):
                 raise ShapeError(
                     f"input {name!r} has {tensor.shape[0]} rows for a batch of {batch} queries"
                 )
-        self.prepare(texts)
+        if any(t not in self._where for t in texts):
+            self.prepare(texts)
         where = [self._where[t] for t in texts]
         groups: dict[int, list[int]] = {}
         for flat, (c, _) in enumerate(where):

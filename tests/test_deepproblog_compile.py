@@ -12,19 +12,11 @@ import torch
 
 problog = pytest.importorskip("problog")
 
+from deepproblog_nets import Table  # noqa: E402
 from problog.logic import Term  # noqa: E402
 from problog.program import PrologString  # noqa: E402
 from trilay.frontends.deepproblog import Model, Program, UnsupportedConstruct  # noqa: E402
 from trilay.frontends.deepproblog import mnist_addition as mnist  # noqa: E402
-
-
-class Rows(torch.nn.Module):
-    def __init__(self, table):
-        super().__init__()
-        self.weight = torch.nn.Parameter(table.clone())
-
-    def forward(self, index):
-        return self.weight[index.long()]
 
 
 def _sum_distribution(a: list[list[float]], b: list[list[float]], total: int) -> float:
@@ -51,7 +43,7 @@ def test_carry_program_is_exact_at_any_length(digits):
     inputs = {name: torch.tensor([k]) for k, name in enumerate(names)}
     likely = table.argmax(-1).tolist()
     number = [int("".join(map(str, likely[k * digits : (k + 1) * digits]))) for k in range(2)]
-    model = Model(mnist.PROGRAM, {"mnist_net": Rows(table)})
+    model = Model(mnist.PROGRAM, {"mnist_net": Table(table)})
     totals = [sum(number), sum(number) + 1, 10**digits - 1, 0]
     got = model(mnist.queries(totals, digits), {k: v.expand(4) for k, v in inputs.items()})
     a, b = table[:digits].tolist(), table[digits:].tolist()

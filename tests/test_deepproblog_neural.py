@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("problog")
 
+from deepproblog_nets import Table  # noqa: E402
 from trilay.frontends.deepproblog import (  # noqa: E402
     Model,
     NetworkOutputError,
@@ -25,18 +26,6 @@ from trilay.frontends.deepproblog import (  # noqa: E402
     UnknownNetwork,
 )
 from trilay.frontends.deepproblog import mnist_addition as mnist  # noqa: E402
-
-
-class Table(torch.nn.Module):
-    """A network whose output for input row ``[k]`` is row ``k`` of a table of distributions."""
-
-    def __init__(self, rows):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.as_tensor(rows, dtype=torch.float64))
-
-    def forward(self, index):
-        return self.weight[index.long().view(-1)]
-
 
 DUMMY = """nn(dummy1,[X],Y,[a,b,c]) :: net1(X,Y).
 test1(X1,Y1,X2,Y2) :- net1(X1,Y1), net1(X2,Y2)."""

@@ -21,6 +21,7 @@ try:
 except ImportError as e:  # the reason names what is missing (deepproblog, or PIL it imports)
     pytest.skip(f"DeepProbLog is not importable: {e!r}", allow_module_level=True)
 
+from deepproblog_nets import Table  # noqa: E402
 from problog.logic import Term  # noqa: E402
 from trilay.frontends.deepproblog import Model  # noqa: E402
 from trilay.frontends.deepproblog import mnist_addition as mnist  # noqa: E402
@@ -39,17 +40,6 @@ r(X,Y) :- \\+h(X), coin.
 """
 
 
-class Rows(torch.nn.Module):
-    """A fixed-output network: input index ``i`` -> row ``i`` of a table of probabilities."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.weight = torch.nn.Parameter(table.clone())
-
-    def forward(self, index):
-        return self.weight[index.long()]
-
-
 class Indices:
     """DeepProbLog's tensor source: ``tensor(t(i))`` is the index ``i``."""
 
@@ -59,7 +49,7 @@ class Indices:
 
 def _deepproblog(program, networks, query):
     """DeepProbLog's P(query) and the gradients of P w.r.t. the networks' tables."""
-    nets = {name: Rows(t) for name, t in networks.items()}
+    nets = {name: Table(t) for name, t in networks.items()}
     model = DeepProbLogModel(program, [Network(n, name) for name, n in nets.items()], load=False)
     model.set_engine(ExactEngine(model))
     model.add_tensor_source("t", Indices())
@@ -70,7 +60,7 @@ def _deepproblog(program, networks, query):
 
 
 def _trilay(program, networks, query, inputs, **options):
-    nets = {name: Rows(t) for name, t in networks.items()}
+    nets = {name: Table(t) for name, t in networks.items()}
     p = Model(program, nets, **options)([query], inputs)
     p.sum().backward()
     return p.detach()[0], {name: n.weight.grad for name, n in nets.items()}

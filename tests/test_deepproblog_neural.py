@@ -254,3 +254,21 @@ def test_nn2_complement_is_exact_near_probability_one():
         torch.testing.assert_close(
             got, torch.tensor([expected], dtype=torch.float64), rtol=1e-9, atol=0
         )
+
+
+def test_exact_zero_probability_with_gradients_is_a_typed_error_not_nan():
+    # d/dp at p = 0 is lost in log space: torch's log gives NaN gradients. Without gradients
+    # the value is exact; with log-probabilities the gradient w.r.t. log p is exact (0 there,
+    # DeepProbLog's d/dp = [1, 1, 0] times p), against the formula P = p_a + p_b.
+    program = "nn(net,[X],Y,[a,b,c]) :: d(X,Y).\nq(X) :- d(X,a).\nq(X) :- d(X,b)."
+    x = {"x": torch.tensor([0])}
+    with pytest.raises(NetworkOutputError, match="exactly 0"):
+        Model(program, {"net": Table([[0.5, 0.5, 0.0]])})(["q(x)"], x)
+    with torch.no_grad():
+        got = Model(program, {"net": Table([[0.5, 0.5, 0.0]])})(["q(x)"], x)
+    torch.testing.assert_close(got, torch.tensor([1.0], dtype=torch.float64))
+    net = Table([[math.log(0.5), math.log(0.5), -math.inf]])
+    Model(program, {"net": net}, outputs="log_probs")(["q(x)"], x).sum().backward()
+    torch.testing.assert_close(
+        net.weight.grad, torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)
+    )

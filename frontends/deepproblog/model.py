@@ -259,7 +259,18 @@ class Model(torch.nn.Module):
             bad = ((p < 0) | torch.isnan(p)).any() | ((total - 1).abs() > self.tolerance).any()
         else:
             bad = ((p < 0) | (p > 1 + self.tolerance) | torch.isnan(p)).any()
-        if bool(bad):
+        # log(0) has no gradient to pass on: d/dp at p = 0 is lost in log space (NaN).
+        tracked = self.outputs == "probs" and out.requires_grad and torch.is_grad_enabled()
+        edge = (out == 0) if pred.categorical else (out == 0) | (out == 1)
+        bad, zero = torch.stack([bad, edge.any() & tracked]).tolist()
+        if zero:
+            raise NetworkOutputError(
+                f"network {network!r} (line {pred.line}) returned a probability of exactly "
+                f"{'0' if pred.categorical else '0 or 1'} while gradients are tracked: its "
+                "gradient is lost in log space; return log-probabilities (log_softmax, "
+                "logsigmoid) with outputs='log_probs', which are exact there"
+            )
+        if bad:
             what = (
                 f"a distribution over its {pred.size} classes"
                 if pred.categorical

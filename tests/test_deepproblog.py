@@ -18,6 +18,8 @@ from problog.test.test_constraint import read_result  # noqa: E402
 from trilay.engine.errors import TrilayError  # noqa: E402
 from trilay.frontends.deepproblog import (  # noqa: E402
     InvalidProbability,
+    Program,
+    ProgramError,
     UnsupportedConstruct,
     evaluate,
 )
@@ -35,9 +37,10 @@ def _key(text: str) -> str:
 def test_problog_system_program(path):
     expected = read_result(str(path))
     if isinstance(expected, str):  # "% ERROR <name>": ProbLog raises <name>
-        with pytest.raises(Exception) as info:
+        with pytest.raises(TrilayError) as info:
             evaluate(path)
-        assert type(info.value).__name__ == expected.split()[0]
+        kind = getattr(info.value, "kind", type(info.value).__name__)
+        assert kind == expected.split()[0]
         return
     got = {_key(k): v for k, v in evaluate(path).items()}
     want = {_key(k): v for k, v in (expected[0] if expected else {}).items()}
@@ -85,3 +88,35 @@ def test_unsupported_constructs_name_the_construct_and_line(program, construct, 
 def test_invalid_probability_is_a_typed_error():
     with pytest.raises(InvalidProbability):
         evaluate("0.7::a; 0.6::b. query(a). query(b).")
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "a :- b c.\nquery(a).",  # ParseError
+        "0.5::a.\nquery(q).",  # UnknownClause
+        "0.5::a.\nq :- \\+q.\nquery(q).",  # NegativeCycle
+        "0.5::p(1).\nquery(p(X)).\nquery(X).",  # GroundingError, no position
+    ],
+)
+def test_problog_errors_are_typed_with_problogs_message_and_position(program):
+    # Oracle: ProbLog's own exception for the same program.
+    with pytest.raises(problog.errors.ProbLogError) as problogs:
+        problog.get_evaluatable("sdd").create_from(problog.program.PrologString(program))
+    with pytest.raises(ProgramError) as info:
+        evaluate(program)
+    error = info.value
+    assert isinstance(error, TrilayError)
+    assert error.kind == type(problogs.value).__name__
+    assert problogs.value.message in str(error)
+    location = problogs.value.location
+    assert (error.line, error.column) == ((location[1], location[2]) if location else (None, None))
+
+
+@pytest.mark.parametrize(
+    "declaration", ["nn(net, [X], Y, 5)", "nn(net, [X], Y, [])", "nn(net, [X], Y, [a|T])"]
+)
+def test_neural_domain_that_is_not_a_non_empty_list_names_its_line(declaration):
+    with pytest.raises(UnsupportedConstruct, match="domain") as info:
+        Program(f"0.5::a.\n{declaration} :: d(X, Y).\nq :- d(x, 1).")
+    assert info.value.line == 2

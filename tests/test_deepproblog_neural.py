@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("problog")
 
+from deepproblog_nets import Table  # noqa: E402
 from trilay.frontends.deepproblog import (  # noqa: E402
     Model,
     NetworkOutputError,
@@ -25,18 +26,6 @@ from trilay.frontends.deepproblog import (  # noqa: E402
     UnknownNetwork,
 )
 from trilay.frontends.deepproblog import mnist_addition as mnist  # noqa: E402
-
-
-class Table(torch.nn.Module):
-    """A network whose output for input row ``[k]`` is row ``k`` of a table of distributions."""
-
-    def __init__(self, rows):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.as_tensor(rows, dtype=torch.float64))
-
-    def forward(self, index):
-        return self.weight[index.long().view(-1)]
-
 
 DUMMY = """nn(dummy1,[X],Y,[a,b,c]) :: net1(X,Y).
 test1(X1,Y1,X2,Y2) :- net1(X1,Y1), net1(X2,Y2)."""
@@ -97,11 +86,18 @@ def test_addition_batch_is_one_cached_circuit_and_matches_the_formula():
     assert len(model.circuits) == 1
 
 
-def test_multi_digit_addition_against_enumeration():
+@pytest.mark.parametrize(
+    "program, method, sums",
+    [
+        ("carry", "direct", [0, 9, 57, 100, 131, 198]),
+        ("carry", "sdd", [0, 9, 57, 100, 131, 198]),
+        ("deepproblog", "direct", [57, 131]),  # grounds 10^4 digit tuples per sum: slow
+    ],
+)
+def test_multi_digit_addition_against_enumeration(program, method, sums):
     gen = torch.Generator().manual_seed(1)
     table = torch.softmax(torch.randn(4, 10, generator=gen, dtype=torch.float64), -1)
-    model = Model(mnist.PROGRAM, {"mnist_net": Table(table)})
-    sums = [0, 9, 57, 100, 131, 198]
+    model = Model(mnist.PROGRAMS[program], {"mnist_net": Table(table)}, method=method)
     got = model(
         [f"multi_addition([a0,a1],[b0,b1],{s})" for s in sums],
         {k: torch.full((len(sums),), i) for i, k in enumerate(["a0", "a1", "b0", "b1"])},
@@ -123,11 +119,15 @@ q(Y) :- d(Y,0).
 r(X) :- heads(X)."""
 
 
-def _brute_force(ph, pd):
-    """P(q(v) | seen(u,v)), P(r(u) | seen(u,v)) by enumerating heads, d, noise."""
+def _brute_force(ph, pd, none_world):
+    """P(q(v) | seen(u,v)), P(r(u) | seen(u,v)) by enumerating heads, d, noise. With
+    ``none_world``, d also takes DeepProbLog's extra "none" value, weighing ``1 - sum(pd)``
+    (0 on the simplex, but its gradient is DeepProbLog's)."""
     num_q = num_r = den = 0.0
-    for h, d, n in itertools.product([True, False], range(3), [True, False]):
-        w = (ph if h else 1 - ph) * pd[d] * (0.3 if n else 0.7)
+    values = [0, 1, 2, "none"] if none_world else [0, 1, 2]
+    for h, d, n in itertools.product([True, False], values, [True, False]):
+        w_d = 1 - pd.sum() if d == "none" else pd[d]
+        w = (ph if h else 1 - ph) * w_d * (0.3 if n else 0.7)
         if h or (d == 2 and n) or d == 1:
             den = den + w
             num_q = num_q + (w if d == 0 else 0.0)
@@ -135,18 +135,22 @@ def _brute_force(ph, pd):
     return num_q / den, num_r / den
 
 
-def test_evidence_nn2_values_and_gradients_against_enumeration():
+@pytest.mark.parametrize("gradient", ["deepproblog", "normalized"])
+def test_evidence_nn2_values_and_gradients_against_enumeration(gradient):
     ph = torch.tensor([0.35, 0.8], dtype=torch.float64)
     pd = torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.6, 0.3]], dtype=torch.float64)
     cnet, dnet = Table(ph), Table(pd)
-    model = Model(CONDITIONAL, {"cnet": cnet, "dnet": dnet})
+    model = Model(CONDITIONAL, {"cnet": cnet, "dnet": dnet}, gradient=gradient)
     inputs = {"u": torch.tensor([0, 1]), "v": torch.tensor([1, 0])}
     got = model([["q(v)", "r(u)"]] * 2, inputs)  # [2, 2]
     got.log().sum().backward()
 
     ph2 = ph.detach().clone().requires_grad_()
     pd2 = pd.detach().clone().requires_grad_()
-    expected = torch.stack([torch.stack(_brute_force(ph2[u], pd2[v])) for u, v in [(0, 1), (1, 0)]])
+    none_world = gradient == "deepproblog"
+    expected = torch.stack(
+        [torch.stack(_brute_force(ph2[u], pd2[v], none_world)) for u, v in [(0, 1), (1, 0)]]
+    )
     expected.log().sum().backward()
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(cnet.weight.grad, ph2.grad)
@@ -250,3 +254,21 @@ def test_nn2_complement_is_exact_near_probability_one():
         torch.testing.assert_close(
             got, torch.tensor([expected], dtype=torch.float64), rtol=1e-9, atol=0
         )
+
+
+def test_exact_zero_probability_with_gradients_is_a_typed_error_not_nan():
+    # d/dp at p = 0 is lost in log space: torch's log gives NaN gradients. Without gradients
+    # the value is exact; with log-probabilities the gradient w.r.t. log p is exact (0 there,
+    # DeepProbLog's d/dp = [1, 1, 0] times p), against the formula P = p_a + p_b.
+    program = "nn(net,[X],Y,[a,b,c]) :: d(X,Y).\nq(X) :- d(X,a).\nq(X) :- d(X,b)."
+    x = {"x": torch.tensor([0])}
+    with pytest.raises(NetworkOutputError, match="exactly 0"):
+        Model(program, {"net": Table([[0.5, 0.5, 0.0]])})(["q(x)"], x)
+    with torch.no_grad():
+        got = Model(program, {"net": Table([[0.5, 0.5, 0.0]])})(["q(x)"], x)
+    torch.testing.assert_close(got, torch.tensor([1.0], dtype=torch.float64))
+    net = Table([[math.log(0.5), math.log(0.5), -math.inf]])
+    Model(program, {"net": net}, outputs="log_probs")(["q(x)"], x).sum().backward()
+    torch.testing.assert_close(
+        net.weight.grad, torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)
+    )

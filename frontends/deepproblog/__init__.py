@@ -17,6 +17,7 @@ from .errors import (
     InconsistentEvidenceError,
     InvalidProbability,
     NetworkOutputError,
+    ProgramError,
     UnknownInput,
     UnknownNetwork,
     UnsupportedConstruct,
@@ -34,4 +35,5 @@ __all__ = [
     "NetworkOutputError",
     "InvalidProbability",
     "InconsistentEvidenceError",
+    "ProgramError",
 ]

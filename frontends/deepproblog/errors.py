@@ -41,3 +41,21 @@ class InvalidProbability(TrilayError, ValueError):
 
 class InconsistentEvidenceError(TrilayError, ValueError):
     """The evidence has probability zero, so no conditional probability exists."""
+
+
+class ProgramError(TrilayError, ValueError):
+    """ProbLog rejected the program while parsing or grounding it (a syntax error, an unknown
+    clause, a non-ground query, a cycle through negation, ...).
+
+    The message is ProbLog's own, with its position; ``kind`` is the name of ProbLog's error
+    class (``"ParseError"``, ``"UnknownClause"``, ...), ``line`` and ``column`` its position in
+    the program text (``None`` where ProbLog gives none), ``problog_error`` ProbLog's exception.
+    """
+
+    def __init__(self, error: Exception):
+        self.problog_error = error
+        self.kind = getattr(error, "errtype", None) or type(error).__name__
+        location = getattr(error, "location", None)
+        self.line, self.column = (location[1], location[2]) if location else (None, None)
+        message = getattr(error, "message", None) or str(error) or "(no message)"
+        super().__init__(f"ProbLog {self.kind}: {message}")

@@ -26,7 +26,7 @@ from .errors import (
     UnknownNetwork,
     UnsupportedConstruct,
 )
-from .program import Program, QueryCircuit
+from .program import GRADIENTS, METHODS, Program, QueryCircuit
 
 #: What the networks return: probabilities (softmax / sigmoid outputs, DeepProbLog's
 #: convention) or log-probabilities (log_softmax / logsigmoid: exact for tiny probabilities).
@@ -48,8 +48,17 @@ class Model(torch.nn.Module):
         check_outputs: check every network output is a distribution over its declared domain
             (one host sync per network call; turn off once a model is known to be right).
         tolerance: how far a distribution's sum may be from 1.
-        minimize: minimize the SDDs while ProbLog compiles them (see
-            :meth:`~trilay.frontends.deepproblog.program.Program.compile_sdd`).
+        gradient: ``"deepproblog"``: the gradient w.r.t. the networks' outputs is
+            DeepProbLog's (it differentiates ``1 - sum p`` where a network's classes are
+            complemented, so a table of probabilities or any head trains as in DeepProbLog);
+            ``"normalized"``: the gradient of ``P(q | E)`` as a function of each output row
+            normalized to sum 1 (no component along ``(1, ..., 1)``), without the extra
+            forward pass per complemented block that DeepProbLog's costs. Both give the same
+            values, and the same gradients w.r.t. the parameters of a softmax / log_softmax
+            head (whose Jacobian maps ``(1, ..., 1)`` to zero).
+        method: how ground queries become a circuit (``"auto"``, ``"direct"``, ``"sdd"``; see
+            :meth:`~trilay.frontends.deepproblog.program.Program.compile`).
+        minimize: PySDD's dynamic vtree minimization where an SDD is compiled.
 
     Raises:
         UnknownNetwork: a neural predicate names a network not in ``networks``.
@@ -64,11 +73,18 @@ class Model(torch.nn.Module):
         outputs: str = "probs",
         check_outputs: bool = True,
         tolerance: float = 1e-4,
-        minimize: bool = True,
+        gradient: str = "deepproblog",
+        method: str = "auto",
+        minimize: bool = False,
     ):
         super().__init__()
-        if outputs not in OUTPUTS:
-            raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
+        for name, value, allowed in [
+            ("outputs", outputs, OUTPUTS),
+            ("gradient", gradient, GRADIENTS),
+            ("method", method, METHODS),
+        ]:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.program = program if isinstance(program, Program) else Program(program)
         self.networks = torch.nn.ModuleDict(dict(networks or {}))
         for name, pred in self.program.neural.items():
@@ -80,6 +96,8 @@ class Model(torch.nn.Module):
         self.outputs = outputs
         self.check_outputs = check_outputs
         self.tolerance = tolerance
+        self.gradient = gradient
+        self.method = method
         self.minimize = minimize
         self.circuits = torch.nn.ModuleList()
         self._where: dict[str, tuple[int, int]] = {}  # query text -> (circuit, column)
@@ -88,14 +106,12 @@ class Model(torch.nn.Module):
     def prepare(self, queries: Sequence[str | Term]) -> None:
         """Ground and compile the queries not compiled yet, together, into one new circuit
         (call it with every query a training run will ask to get a single circuit)."""
-        new = []
-        for q in queries:
-            text = _canonical(q)
-            if text not in self._where and text not in new:
-                new.append(text)
+        new = list(dict.fromkeys(t for t in map(_canonical, queries) if t not in self._where))
         if not new:
             return
-        circuit = self.program.compile([Term.from_string(t) for t in new], self.minimize)
+        circuit = self.program.compile(
+            [Term.from_string(t) for t in new], self.method, self.minimize
+        )
         columns = {name: k for k, name in enumerate(circuit.names)}
         for text in new:
             self._where[text] = (len(self.circuits), columns[text])
@@ -130,24 +146,40 @@ class Model(torch.nn.Module):
                 raise ShapeError(
                     f"input {name!r} has {tensor.shape[0]} rows for a batch of {batch} queries"
                 )
-        self.prepare(texts)
-        device = self._device()
+        if any(t not in self._where for t in texts):
+            self.prepare(texts)
+        where = [self._where[t] for t in texts]
         groups: dict[int, list[int]] = {}
-        for flat, text in enumerate(texts):
-            groups.setdefault(self._where[text][0], []).append(flat)
+        for flat, (c, _) in enumerate(where):
+            groups.setdefault(c, []).append(flat)
         outputs = self._run_networks([self.circuits[c] for c in groups], inputs, batch)
-        dtype = torch.get_default_dtype()
-        if outputs:
-            dtype = next(iter(outputs.values())).dtype
-        result = torch.empty(len(texts), dtype=dtype, device=device)
+        device = self.circuits[next(iter(groups))].index.device if groups else self._device()
+        parts = []
         for c, flats in groups.items():
             circuit: QueryCircuit = self.circuits[c]
-            flat = torch.tensor(flats, device=device)
-            row = flat // max(width, 1)
-            blocks = [outputs[b][row] for b in circuit.blocks]
-            log_p = circuit(blocks, len(flats), dtype)  # [n, num_queries]
-            column = torch.tensor([self._where[texts[f]][1] for f in flats], device=device)
-            result = result.index_put((flat,), log_p.gather(1, column[:, None])[:, 0])
+            columns = torch.tensor([where[f][1] for f in flats], device=device)
+            if len(groups) == 1 and width == 1:  # the common case: no reindexing
+                blocks = [outputs[b] for b in circuit.blocks]
+            else:
+                row = torch.tensor(flats, device=device) // width
+                blocks = [
+                    tuple(None if t is None else t[row] for t in outputs[b]) for b in circuit.blocks
+                ]
+            parts.append(
+                circuit(
+                    [log_p for log_p, _ in blocks],
+                    columns,
+                    [p for _, p in blocks],
+                    self.gradient,
+                )
+            )
+        if not parts:
+            result = torch.empty(0, dtype=torch.get_default_dtype(), device=device)
+        elif len(parts) == 1:
+            result = parts[0]
+        else:
+            order = torch.tensor([f for flats in groups.values() for f in flats], device=device)
+            result = torch.cat(parts)[torch.argsort(order)]
         return result.reshape(batch, width) if nested else result
 
     def forward(self, queries, inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -165,9 +197,10 @@ class Model(torch.nn.Module):
     # ------------------------------------------------------------------ networks
     def _run_networks(
         self, circuits: list[QueryCircuit], inputs: Mapping[str, torch.Tensor], batch: int
-    ) -> dict[tuple[str, tuple[str, ...]], torch.Tensor]:
+    ) -> dict[tuple[str, tuple[str, ...]], tuple[torch.Tensor, torch.Tensor]]:
         """Each network once over every input block the circuits need (the blocks stacked
-        along the batch axis) -> ``{(network, input names): [batch, width] log-probs}``."""
+        along the batch axis) -> ``{(network, input names): ([batch, width] log-probs,
+        [batch, width] probs)}``."""
         needed: dict[str, list[tuple[str, ...]]] = {}
         for circuit in circuits:
             for network, names in circuit.blocks:
@@ -184,14 +217,18 @@ class Model(torch.nn.Module):
                         )
             args = [torch.cat([inputs[names[k]] for names in slots]) for k in range(len(slots[0]))]
             out = self.networks[network](*args)
-            log_p = self._log_distribution(network, out, batch * len(slots))
+            log_p, p = self._log_distribution(network, out, batch * len(slots))
             for i, names in enumerate(slots):
-                result[(network, names)] = log_p[i * batch : (i + 1) * batch]
+                part = slice(i * batch, (i + 1) * batch)
+                result[(network, names)] = (log_p[part], None if p is None else p[part])
         return result
 
-    def _log_distribution(self, network: str, out: torch.Tensor, rows: int) -> torch.Tensor:
-        """A network's output as ``[rows, width]`` log-probabilities (``nn/2``: columns
-        ``log p``, ``log(1 - p)``), checked when ``check_outputs``."""
+    def _log_distribution(
+        self, network: str, out: torch.Tensor, rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A network's output as ``[rows, width]`` log-probabilities and probabilities
+        (``nn/2``: columns ``p``, ``1 - p``; ``None`` for log-probability outputs of ``nn/4``,
+        computed where needed), checked when ``check_outputs``."""
         pred = self.program.neural[network]
         if not isinstance(out, torch.Tensor):
             raise NetworkOutputError(f"network {network!r} returned {type(out).__name__}")
@@ -208,11 +245,12 @@ class Model(torch.nn.Module):
         log_p = out if self.outputs == "log_probs" else torch.log(out)
         if self.check_outputs:
             self._check(network, pred, out, log_p)
-        if pred.categorical:
-            return log_p
+        if pred.categorical:  # probabilities: only DeepProbLog's gradient needs them
+            return log_p, None if self.outputs == "log_probs" else out
+        p = log_p.exp() if self.outputs == "log_probs" else out
         # log(1 - p) from what the network gave, not through exp(log p): exact near p = 1.
         log_not = log1mexp(out) if self.outputs == "log_probs" else torch.log1p(-out)
-        return torch.stack([log_p, log_not], dim=1)
+        return torch.stack([log_p, log_not], dim=1), torch.stack([p, 1 - p], dim=1)
 
     def _check(self, network, pred, out, log_p) -> None:
         p = log_p.exp() if self.outputs == "log_probs" else out
@@ -221,7 +259,18 @@ class Model(torch.nn.Module):
             bad = ((p < 0) | torch.isnan(p)).any() | ((total - 1).abs() > self.tolerance).any()
         else:
             bad = ((p < 0) | (p > 1 + self.tolerance) | torch.isnan(p)).any()
-        if bool(bad):
+        # log(0) has no gradient to pass on: d/dp at p = 0 is lost in log space (NaN).
+        tracked = self.outputs == "probs" and out.requires_grad and torch.is_grad_enabled()
+        edge = (out == 0) if pred.categorical else (out == 0) | (out == 1)
+        bad, zero = torch.stack([bad, edge.any() & tracked]).tolist()
+        if zero:
+            raise NetworkOutputError(
+                f"network {network!r} (line {pred.line}) returned a probability of exactly "
+                f"{'0' if pred.categorical else '0 or 1'} while gradients are tracked: its "
+                "gradient is lost in log space; return log-probabilities (log_softmax, "
+                "logsigmoid) with outputs='log_probs', which are exact there"
+            )
+        if bad:
             what = (
                 f"a distribution over its {pred.size} classes"
                 if pred.categorical
@@ -243,7 +292,8 @@ def evaluate(program: str | os.PathLike) -> dict[str, float]:
         UnsupportedConstruct: a construct outside probabilistic inference, or a neural predicate
             (use :class:`Model`).
         InconsistentEvidenceError: the evidence has probability 0.
-        problog's own errors for programs ProbLog rejects (grounding, unknown clauses, ...).
+        ProgramError: ProbLog rejects the program (parse or grounding error: unknown clause,
+            non-ground query, negative cycle, ...), with ProbLog's message and position.
     """
     parsed = Program(program)
     if parsed.neural:
@@ -254,7 +304,7 @@ def evaluate(program: str | os.PathLike) -> dict[str, float]:
     circuit = parsed.compile()
     if not circuit.names:
         return {}
-    log_p = circuit([], 1, torch.float64)[0]
+    log_p = circuit.log_prob_all([], 1, torch.float64)[0]
     if torch.isnan(log_p).any():  # -inf - -inf: the evidence has weight zero
         raise InconsistentEvidenceError("the evidence has probability 0")
     return {name: float(v) for name, v in zip(circuit.names, log_p.exp().tolist(), strict=True)}

@@ -17,7 +17,15 @@ from trilay.kernels.reference import (
 )
 
 from .compiled import CompiledCircuit
-from .errors import DeviceError, DTypeError, MemoryBudgetError, SemiringError, ShapeError
+from .errors import (
+    DeviceError,
+    DTypeError,
+    MemoryBudgetError,
+    OptionError,
+    SemiringError,
+    ShapeError,
+    ValueRangeError,
+)
 from .semiring import Semiring, get_semiring
 
 #: Backends a module can run on. ``auto``: the Triton kernels for CUDA tensors, the PyTorch
@@ -45,9 +53,20 @@ class CircuitModule(torch.nn.Module):
     The index tensors are buffers, so ``.to(device)``, ``state_dict`` and ``torch.save`` work.
     Values must be on the module's device (:class:`~trilay.engine.errors.DeviceError`).
 
-    ``memory_budget_mb``: before evaluating, the module estimates the bytes a forward (and the
-    backward it prepares) holds (:meth:`estimate_bytes`) and raises
-    :class:`~trilay.engine.errors.MemoryBudgetError` instead of running out of memory midway.
+    ``validate`` (default on): the weights must lie in the semiring's range, probabilities
+    ``[0, 1]`` (``real``, ``mpe``, ``godel`` and the fuzzy logics) or log-probabilities
+    ``[-inf, 0]`` (``log``, ``mpe_log``), else :class:`~trilay.engine.errors.ValueRangeError`
+    names the range and what was found: a probability of 1.5, or probabilities given to
+    ``log``, would otherwise return a silently wrong number. NaN passes (it propagates as NaN,
+    as in torch's own reductions). On CPU tensors the check costs one comparison; on CUDA
+    tensors and under ``torch.compile`` it is ``torch._assert_async`` (no host sync; a
+    violation surfaces as a RuntimeError with the same message at the next sync).
+    ``validate=False`` skips it, e.g. for unnormalized weights in ``real``.
+
+    ``memory_budget_mb`` (``None`` or ``inf``: no limit): before evaluating, the module
+    estimates the bytes a forward (and the backward it prepares) holds (:meth:`estimate_bytes`)
+    and raises :class:`~trilay.engine.errors.MemoryBudgetError` instead of running out of
+    memory midway.
 
     ``cuda_graphs=True`` (CUDA tensors only): the forward and its backward are captured once per
     input signature (shapes, dtype, which inputs require grad) with
@@ -69,9 +88,14 @@ class CircuitModule(torch.nn.Module):
         memory_budget_mb: float | None = None,
         cuda_graphs: bool = False,
         fuse_layers: bool = True,
+        validate: bool = True,
     ):
         super().__init__()
         self.semiring = get_semiring(semiring)
+        for name, flag in (("cuda_graphs", cuda_graphs), ("fuse_layers", fuse_layers)):
+            _check_flag(name, flag)
+        _check_flag("validate", validate)
+        memory_budget_mb = _check_budget(memory_budget_mb)
         if self.semiring.needs_smoothing and not compiled.smooth:
             raise SemiringError(
                 f"semiring {self.semiring.name!r} takes a max over models and needs a smoothed "
@@ -90,6 +114,7 @@ class CircuitModule(torch.nn.Module):
         self.memory_budget_mb = memory_budget_mb
         self.cuda_graphs = cuda_graphs
         self.fuse_layers = fuse_layers
+        self.validate = validate
         self._graphs: dict[tuple, object] = {}
         self._views: dict[str, object] = {}  # per-backend views of the buffers, see _apply
         self._node_hub_layers = sorted(compiled.node_hubs)
@@ -142,6 +167,10 @@ class CircuitModule(torch.nn.Module):
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
         compute_dtype = self._check_inputs(pos, neg)
+        if self.validate:
+            for name, x in (("pos", pos), ("neg", neg)):
+                if x is not None:
+                    self._check_range(name, x)
         lead = pos.shape[:-1]
         batch = math.prod(lead)
         if self.memory_budget_mb is not None:
@@ -373,6 +402,26 @@ class CircuitModule(torch.nn.Module):
                 raise DTypeError(f"neg has dtype {neg.dtype}, pos has {pos.dtype}")
         return torch.float32 if pos.dtype in _UPCAST_DTYPES else pos.dtype
 
+    def _check_range(self, name: str, x: torch.Tensor) -> None:
+        """Refuse weights outside the semiring's range (see the class docstring)."""
+        log = self.semiring.log_space
+        what = "log-probabilities in [-inf, 0]" if log else "probabilities in [0, 1]"
+        message = f"{name} must hold {what} for semiring {self.semiring.name!r}" + (
+            "" if log else " (pass validate=False for unnormalized weights)"
+        )
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            inside = (x <= 0) if log else ((x >= 0) & (x <= 1))
+            torch._assert_async((inside | torch.isnan(x)).all(), message)
+            return
+        plain = _unwrapped(x).detach()
+        outside = plain > 0 if log else (plain < 0) | (plain > 1)
+        if bool(outside.any()):
+            found = plain[outside].double()
+            raise ValueRangeError(
+                f"{message}; got {found.numel()} value{'s' * (found.numel() != 1)} in "
+                f"[{found.min().item():.6g}, {found.max().item():.6g}]"
+            )
+
     def extra_repr(self) -> str:
         return (
             f"semiring={self.semiring.name}, num_vars={self.num_vars}, num_roots={self.num_roots}, "
@@ -452,3 +501,30 @@ def _root_groups(compiled: CompiledCircuit) -> dict[str, torch.Tensor]:
         "root_positions": torch.from_numpy(np.argsort(roots, kind="stable").astype(np.int32)),
         "root_offsets": torch.from_numpy(offsets),
     }
+
+
+def _unwrapped(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without torch.func's wrappers (a vmapped or grad-tracked tensor), as a plain
+    tensor whose values can be read."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        x = functorch.get_unwrapped(x)
+    return x
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_budget(budget) -> float | None:
+    """``memory_budget_mb`` as a positive number of MiB, or ``None`` (``inf`` is no limit)."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
+        raise OptionError(
+            f"memory_budget_mb must be a number of MiB (or None / inf: no limit), got {budget!r}"
+        )
+    if math.isnan(budget) or budget <= 0:
+        raise OptionError(f"memory_budget_mb must be a positive number of MiB, got {budget!r}")
+    return None if math.isinf(budget) else float(budget)

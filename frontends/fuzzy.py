@@ -481,7 +481,7 @@ class FuzzyFormula(torch.nn.Module):
         self.circuit = (
             _build_circuit(_nnf_all(formulas), self.variables)
             .compile(smooth=False)
-            .module(LOGICS[logic], backend=backend)
+            .module(LOGICS[logic], backend=backend, validate=False)  # checked in forward
         )
 
     @property

@@ -447,7 +447,9 @@ class SemanticLoss(torch.nn.Module):
         # Smoothed so that every root mentions every variable: the count is then over complete
         # assignments whatever the weights (the two literal probabilities sum to one only up
         # to rounding).
-        self.circuit = circuit.compile(smooth=True).module("log", backend=backend)
+        # The loss checks its own inputs (probabilities, before their logs); the circuit gets
+        # log-probabilities it computed.
+        self.circuit = circuit.compile(smooth=True).module("log", backend=backend, validate=False)
 
     def log_probability(self, x: torch.Tensor) -> torch.Tensor:
         """``log P(constraint)``: ``[..., n] -> [...]`` (``-inf`` where it is impossible)."""

@@ -8,16 +8,25 @@ import os
 
 import pytest
 import torch
-from conftest import DATA, brute_force, models_of_cnf, random_cnf, random_weights
+from conftest import (
+    DATA,
+    TRITON_DEVICE,
+    brute_force,
+    models_of_cnf,
+    random_cnf,
+    random_weights,
+)
 from trilay.engine import Circuit, CompiledCircuit, log1mexp
 from trilay.engine.errors import (
     DeviceError,
     DTypeError,
     MemoryBudgetError,
+    OptionError,
     ParseError,
     SemiringError,
     ShapeError,
     TrilayError,
+    ValueRangeError,
 )
 
 CLAUSES = random_cnf(6, 5, seed=3)
@@ -224,6 +233,69 @@ def test_memory_budget_fails_closed(compiled):
         assert module(torch.zeros(batch, 6, requires_grad=True)).shape == (batch, 2)
     with pytest.raises(MemoryBudgetError):
         module(torch.zeros(batch, 6, requires_grad=True))
+
+
+@pytest.mark.parametrize("budget", [float("nan"), -1, 0, "10", True, [10]])
+def test_memory_budget_must_be_a_positive_number(compiled, budget):
+    with pytest.raises(OptionError, match="memory_budget_mb"):
+        compiled.module("log", memory_budget_mb=budget)
+
+
+def test_an_infinite_memory_budget_is_no_limit(compiled):
+    module = compiled.module("log", memory_budget_mb=float("inf"))
+    assert module.memory_budget_mb is None
+    assert module(torch.rand(3, 6).log()).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("semiring", "value", "backend"),
+    [
+        ("real", 1.5, "torch"),  # before: 0.25, silently
+        ("real", -0.5, "triton"),
+        ("mpe", 1.5, "torch"),
+        ("godel", 2.0, "torch"),
+        ("log", math.log(2.5), "torch"),  # probabilities passed as log-probabilities
+        ("mpe_log", 0.1, "triton"),
+    ],
+)
+def test_weights_outside_the_semiring_range_are_refused(compiled, semiring, value, backend):
+    """A typed error names the range and the values found, for pos and for neg, before any
+    layer runs; validate=False lets unnormalized weights through; NaN propagates."""
+    log = semiring in ("log", "mpe_log")
+    device = "cpu" if backend == "torch" else TRITON_DEVICE
+    module = compiled.to(device).module(semiring, backend=backend)
+    good = random_weights(2, 6, 1, extremes=False)
+    good = (good.log() if log else good).to(device)
+    bad = good.clone()
+    bad[1, 3] = value
+    what = r"log-probabilities in \[-inf, 0\]" if log else r"probabilities in \[0, 1\]"
+    if device == "cpu":
+        with pytest.raises(ValueRangeError, match=rf"pos must hold {what}.*1 value in"):
+            module(bad)
+        with pytest.raises(ValueRangeError, match="neg must hold"):
+            module(good, bad)
+    unchecked = compiled.to(device).module(semiring, backend=backend, validate=False)
+    assert unchecked(bad).shape == (2, 2)
+    nan = good.clone()
+    nan[0, 0] = float("nan")
+    out = module(nan)
+    assert out[0].isnan().any() and not out[1].isnan().any()
+
+
+def test_range_check_under_vmap_and_compile(compiled):
+    module = compiled.module("real")
+    bad = random_weights(3, 6, 2, extremes=False)
+    bad[2, 0] = 1.5
+    with pytest.raises(ValueRangeError):
+        torch.func.vmap(module)(bad)
+    with pytest.raises(RuntimeError, match=r"probabilities in \[0, 1\]"):
+        torch.compile(module, fullgraph=True, backend="eager")(bad)
+
+
+@pytest.mark.parametrize("option", ["validate", "cuda_graphs", "fuse_layers"])
+def test_flags_must_be_bools(compiled, option):
+    with pytest.raises(OptionError, match=option):
+        compiled.module("real", **{option: "yes"})
 
 
 # ---------------------------------------------------------------------------- torch.func

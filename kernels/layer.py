@@ -137,7 +137,7 @@ def _finish(acc, total, zeros, nonzero, arg, length, REDUCE: tl.constexpr):
         # does not divide out[p] (for prob_sum, 1 - out[p] would lose the small products).
         aux = nonzero
         arg = zeros
-        acc = tl.where(zeros > 0, 0.0, nonzero)
+        acc = tl.where(zeros > 0, nonzero * 0.0, nonzero)  # a NaN (or inf) factor: NaN, as IEEE
         if REDUCE == 7:
             acc = 1.0 - acc
     elif REDUCE == 2:

@@ -65,7 +65,10 @@ def brute_force(
     """
     if models.shape[0] == 0:
         zero = float("-inf") if semiring in ("log", "mpe_log") else 0.0
-        return torch.full(pos.shape[:1], zero, dtype=pos.dtype) + 0 * pos.sum(-1)
+        # 0 * (a finite stand-in for pos): connected to pos, zero gradient, NaN-free at -inf.
+        return torch.full(pos.shape[:1], zero, dtype=pos.dtype) + 0 * pos.nan_to_num(0, 0, 0).sum(
+            -1
+        )
     w = torch.where(models[None], pos[:, None, :], neg[:, None, :])  # [B, M, V]
     if semiring == "real":
         return w.prod(-1).sum(-1)

@@ -117,6 +117,37 @@ def variable_positions(kind, lit, start, children, roots, free):
 
 
 @njit(cache=True)
+def _union_into(idx, k, vstart, vlo, vhi, out_lo, out_hi):
+    """Merge the variable sets of nodes ``idx[:k]`` into ``out_lo/hi`` (room for all their
+    intervals; not overlapping the sets read); returns the interval count. Intervals are
+    gathered, sorted by start (insertion sort: nodes have few) and merged in place."""
+    total = 0
+    for j in range(k):
+        for s in range(vstart[idx[j]], vstart[idx[j] + 1]):
+            lo, hi = vlo[s], vhi[s]
+            i = total
+            while i > 0 and out_lo[i - 1] > lo:
+                out_lo[i] = out_lo[i - 1]
+                out_hi[i] = out_hi[i - 1]
+                i -= 1
+            out_lo[i] = lo
+            out_hi[i] = hi
+            total += 1
+    if total == 0:
+        return 0
+    count = 0
+    for t in range(1, total):
+        if out_lo[t] <= out_hi[count] + 1:
+            if out_hi[t] > out_hi[count]:
+                out_hi[count] = out_hi[t]
+        else:
+            count += 1
+            out_lo[count] = out_lo[t]
+            out_hi[count] = out_hi[t]
+    return count + 1
+
+
+@njit(cache=True)
 def _union(idx, k, vstart, vlo, vhi, scratch_lo, scratch_hi):
     """Merge the variable sets of nodes ``idx[:k]`` into ``scratch_lo/hi``; returns
     ``(count, scratch_lo, scratch_hi)`` (the scratch arrays may have been grown)."""
@@ -125,36 +156,27 @@ def _union(idx, k, vstart, vlo, vhi, scratch_lo, scratch_hi):
         total += vstart[idx[j] + 1] - vstart[idx[j]]
     scratch_lo = _grow(scratch_lo, total)
     scratch_hi = _grow(scratch_hi, total)
-    if total == 0:
-        return 0, scratch_lo, scratch_hi
-    los = np.empty(total, np.int64)
-    his = np.empty(total, np.int64)
-    at = 0
-    for j in range(k):
-        for s in range(vstart[idx[j]], vstart[idx[j] + 1]):
-            los[at] = vlo[s]
-            his[at] = vhi[s]
-            at += 1
-    order = np.argsort(los, kind="mergesort")
-    count = 0
-    cur_lo = los[order[0]]
-    cur_hi = his[order[0]]
-    for t in range(1, total):
-        lo_t = los[order[t]]
-        hi_t = his[order[t]]
-        if lo_t <= cur_hi + 1:
-            if hi_t > cur_hi:
-                cur_hi = hi_t
-        else:
-            scratch_lo[count] = cur_lo
-            scratch_hi[count] = cur_hi
-            count += 1
-            cur_lo = lo_t
-            cur_hi = hi_t
-    scratch_lo[count] = cur_lo
-    scratch_hi[count] = cur_hi
-    count += 1
-    return count, scratch_lo, scratch_hi
+    if total > 64:  # many intervals (a wide OR): sort them once instead
+        at = 0
+        for j in range(k):
+            for s in range(vstart[idx[j]], vstart[idx[j] + 1]):
+                scratch_lo[at] = vlo[s]
+                scratch_hi[at] = vhi[s]
+                at += 1
+        order = np.argsort(scratch_lo[:total], kind="mergesort")
+        los, his = scratch_lo[:total][order], scratch_hi[:total][order]
+        count = 0
+        scratch_lo[0], scratch_hi[0] = los[0], his[0]
+        for t in range(1, total):
+            if los[t] <= scratch_hi[count] + 1:
+                if his[t] > scratch_hi[count]:
+                    scratch_hi[count] = his[t]
+            else:
+                count += 1
+                scratch_lo[count] = los[t]
+                scratch_hi[count] = his[t]
+        return count + 1, scratch_lo, scratch_hi
+    return _union_into(idx, k, vstart, vlo, vhi, scratch_lo, scratch_hi), scratch_lo, scratch_hi
 
 
 @njit(cache=True)
@@ -222,8 +244,8 @@ def build_dag(
     dkind[:num_leaves] = LITERAL
     dkind[ZERO] = FALSE
     dkind[ONE] = TRUE
-    table_size = 64
-    while table_size < 4 * order.size:
+    table_size = 64  # at most half full (see _with_room); int32 slots: half the cache misses
+    while table_size < 2 * order.size:
         table_size *= 2
     # Variable sets, smoothing only (leaves first): intervals vlo/vhi[vstart[i]:vstart[i+1]].
     vstart = np.zeros(cap + 1, np.int64)
@@ -247,7 +269,7 @@ def build_dag(
         dkind,
         dstart,
         dkids,
-        np.full(table_size, _EMPTY, np.int64),
+        np.full(table_size, _EMPTY, np.int32),
         vstart,
         vlo,
         vhi,
@@ -435,11 +457,26 @@ def _with_room(state, n):
 
 
 @njit(cache=True)
+def _sort_small(a):
+    """Sort ``a`` in place: insertion sort for the few children most nodes have."""
+    if a.size > 32:
+        a.sort()
+        return
+    for j in range(1, a.size):
+        value = a[j]
+        i = j
+        while i > 0 and a[i - 1] > value:
+            a[i] = a[i - 1]
+            i -= 1
+        a[i] = value
+
+
+@njit(cache=True)
 def _find_or_add(k, kids, n, dkind, dstart, dkids, table, sizes):
     """The node ``(k, sorted kids[:n])`` (``kids[:n]`` is sorted in place): an existing equal
     node, or a new one at ``sizes[0]`` (the arrays have room: :func:`_with_room`)."""
     sorted_kids = kids[:n]
-    sorted_kids.sort()
+    _sort_small(sorted_kids)
     mask = table.size - 1
     slot = np.int64(_hash_node(k, sorted_kids, n) & np.uint64(mask))
     while table[slot] != _EMPTY:
@@ -465,18 +502,27 @@ def _find_or_add(k, kids, n, dkind, dstart, dkids, table, sizes):
 
 @njit(cache=True)
 def _record_set(node, state):
-    """Store the new node's variable set, the union of its children's."""
+    """Store the new node's variable set, the union of its children's (merged in place at the
+    end of the interval store)."""
     dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
     vstart = _grow(vstart, node + 2)
     kids = dkids[dstart[node] : dstart[node + 1]]
-    count, lo, hi = _union(
-        kids, kids.size, vstart, vlo, vhi, np.empty(0, np.int64), np.empty(0, np.int64)
-    )
     nv = sizes[1]
-    vlo = _grow(vlo, nv + count)
-    vhi = _grow(vhi, nv + count)
-    vlo[nv : nv + count] = lo[:count]
-    vhi[nv : nv + count] = hi[:count]
+    total = 0
+    for c in kids:
+        total += vstart[c + 1] - vstart[c]
+    if total > 64:
+        count, lo, hi = _union(
+            kids, kids.size, vstart, vlo, vhi, np.empty(0, np.int64), np.empty(0, np.int64)
+        )
+        vlo = _grow(vlo, nv + count)
+        vhi = _grow(vhi, nv + count)
+        vlo[nv : nv + count] = lo[:count]
+        vhi[nv : nv + count] = hi[:count]
+    else:
+        vlo = _grow(vlo, nv + total)
+        vhi = _grow(vhi, nv + total)
+        count = _union_into(kids, kids.size, vstart, vlo, vhi, vlo[nv:], vhi[nv:])
     sizes[1] = nv + count
     vstart[node + 1] = nv + count
     return dkind, dstart, dkids, table, vstart, vlo, vhi, sizes
@@ -497,7 +543,7 @@ def _intern(k, kids, n, state, with_sets):
 
 @njit(cache=True)
 def _rehash(table, dkind, dstart, dkids):
-    bigger = np.full(2 * table.size, _EMPTY, np.int64)
+    bigger = np.full(2 * table.size, _EMPTY, np.int32)
     mask = bigger.size - 1
     for slot in range(table.size):
         node = table[slot]
@@ -590,13 +636,9 @@ def row_csr(dstart, dkids, row, node_at, num_leaves):
         node = node_at[r]
         at = offsets[r - num_leaves]
         n = dstart[node + 1] - dstart[node]
-        for j in range(n):  # insertion sort: nodes have few children
-            value = row[dkids[dstart[node] + j]]
-            i = at + j
-            while i > at and child[i - 1] > value:
-                child[i] = child[i - 1]
-                i -= 1
-            child[i] = value
+        for j in range(n):
+            child[at + j] = row[dkids[dstart[node] + j]]
+        _sort_small(child[at : at + n])
     return child, offsets
 
 

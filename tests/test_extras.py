@@ -33,6 +33,7 @@ IMPORT_NAME = {
     "pytest": "pytest",
     "pytest-benchmark": "pytest_benchmark",
     "hypothesis": "hypothesis",
+    "scipy": "scipy",
     "pillow": "PIL",
 }
 

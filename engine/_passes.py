@@ -339,9 +339,18 @@ def build_dag(
             )
         canon[node] = _find_or_add(k, kids, kept, dkind, dstart, dkids, table, sizes)
         if smooth and canon[node] == size:
-            dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _record_set(
-                size, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
-            )
+            total = 0
+            for j in range(kept):
+                total += vstart[kids[j] + 1] - vstart[kids[j]]
+            nv = sizes[1]
+            if size + 2 > vstart.size or nv + total > vlo.size or total > 64:
+                dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _record_set(
+                    size, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+                )
+            else:  # the common case, inline: the children's intervals merged in place
+                count = _union_into(kids, kept, vstart, vlo, vhi, vlo[nv:], vhi[nv:])
+                sizes[1] = nv + count
+                vstart[size + 1] = nv + count
     state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
 
     root_ids = np.empty(roots.size, np.int64)

@@ -190,6 +190,14 @@ def _exp64(x):
     return y if x == x else x
 
 
+@_kernel(inline="always")
+def _columns(c0, c1):
+    """The batch columns ``c0..c1`` as unsigned indices: with signed ones numba checks every
+    index for negative wraparound, and the column loops do not vectorize (5.6 -> 0.9 ns per
+    ``exp`` term at batch 128, measured)."""
+    return range(np.uint64(c0), np.uint64(c1))
+
+
 def _exp(x):
     """``exp(x)`` for a float32 or float64 scalar, vectorizable (see the module docstring)."""
     raise NotImplementedError  # replaced by the overload inside numba
@@ -250,11 +258,11 @@ def _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one,
     tautologies (``pos OR neg``, or ``one``)."""
     num_vars = pos.shape[1]
     unit = _typed(values, 1.0)
-    for c in range(c0, c1):
+    for c in _columns(c0, c1):
         values[0, c] = zero
         values[1, c] = one
     for v in range(num_vars):
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             x = pos[c, v]
             if complement == _NEG_GIVEN:
                 y = neg[c, v]
@@ -282,20 +290,20 @@ def _sum_forward(values, child, offsets, n0, r0, r1, clamp, aux, arg, state, t, 
         e0, e1 = offsets[r - n0], offsets[r - n0 + 1]
         s = r - n0 if state else t
         k = child[e0]
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             values[r, c] = values[k, c]
         for e in range(e0 + 1, e1):
             k = child[e]
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 values[r, c] += values[k, c]
         if clamp == _LUK_AND:
             fan_in = _typed(values, e1 - e0 - 1)
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 shifted = values[r, c] - fan_in
                 aux[s, c] = shifted
                 values[r, c] = shifted if shifted != shifted else max(shifted, zero)
         elif clamp == _LUK_OR:
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 total = values[r, c]
                 aux[s, c] = total
                 values[r, c] = total if total != total else min(total, one)
@@ -310,17 +318,17 @@ def _prod_forward(values, child, offsets, n0, r0, r1, complement, aux, arg, stat
     for r in range(r0, r1):
         e0, e1 = offsets[r - n0], offsets[r - n0 + 1]
         s = r - n0 if state else t
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             aux[s, c] = one
             arg[s, c] = 0
         for e in range(e0, e1):
             k = child[e]
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 factor = one - values[k, c] if complement else values[k, c]
                 is_zero = factor == 0
                 arg[s, c] += np.int32(is_zero)
                 aux[s, c] *= one if is_zero else factor
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             product = zero if arg[s, c] > 0 else aux[s, c]
             values[r, c] = one - product if complement else product
 
@@ -334,22 +342,22 @@ def _logsumexp_forward(values, child, offsets, n0, r0, r1, sums, t, c0, c1):
     for r in range(r0, r1):
         e0, e1 = offsets[r - n0], offsets[r - n0 + 1]
         k = child[e0]
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             values[r, c] = values[k, c]
         for e in range(e0 + 1, e1):
             k = child[e]
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 x = values[k, c]
                 values[r, c] = x if x > values[r, c] else values[r, c]
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             m = values[r, c]
             values[r, c] = m if abs(m) < np.inf else zero
             sums[t, c] = zero
         for e in range(e0, e1):
             k = child[e]
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 sums[t, c] += _exp(values[k, c] - values[r, c])
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             values[r, c] = values[r, c] + _typed(values, math.log(sums[t, c]))
 
 
@@ -361,12 +369,12 @@ def _arg_forward(values, child, offsets, n0, r0, r1, is_max, arg, state, t, c0, 
         e0, e1 = offsets[r - n0], offsets[r - n0 + 1]
         s = r - n0 if state else t
         k = child[e0]
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             values[r, c] = values[k, c]
             arg[s, c] = e0
         for e in range(e0 + 1, e1):
             k = child[e]
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 x = values[k, c]
                 best = values[r, c]
                 wins = (x > best) if is_max else (x < best)
@@ -398,34 +406,23 @@ def _roots_forward(values, roots, out, c0, c1):
     """``out[c, i] = values[roots[i], c]`` for the columns ``c0..c1``."""
     for i in range(roots.size):
         r = roots[i]
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             out[c, i] = values[r, c]
 
 
 @_kernel()
-def _layer_forward_call(
-    values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, t, c0, c1
+def _layers_forward(
+    values, child, offsets, row_starts, layer_codes, aux, arg, state, sums, t, k0, k1, r_lo,
+    r_hi, c0, c1,
 ):  # fmt: skip
-    """:func:`_layer_forward` compiled once (the reductions' code inlined here), for every
-    caller but the batch-1 forward."""
-    _layer_forward(values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, t, c0, c1)
-
-
-@_kernel()
-def _columns_forward(
-    values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
-    row_starts, layer_codes, or_code, zero, one, roots, out, c0, c1,
-):  # fmt: skip
-    """The whole forward of the columns ``c0..c1``: leaves, every layer, the roots."""
-    _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, c0, c1)
-    n0, first = row_starts[1], np.int64(0)
-    for k in range(layer_codes.size):
-        r0, r1 = row_starts[k + 1], row_starts[k + 2]
-        _layer_forward_call(
-            values, child, offsets, n0, r0, r1, layer_codes[k], aux, arg, state, sums, first, c0,
-            c1,
-        )  # fmt: skip
-    _roots_forward(values, roots, out, c0, c1)
+    """Layers ``k0..k1`` (0-based) bottom up, of each only the rows in ``r_lo..r_hi``
+    (columns ``c0..c1``): the one compiled copy of the reductions every caller but the
+    batch-1 forward shares (one call for the whole circuit, or a thread's rows of a layer)."""
+    n0 = row_starts[1]
+    for k in range(k0, k1):
+        r0, r1 = max(row_starts[k + 1], r_lo), min(row_starts[k + 2], r_hi)
+        code = layer_codes[k]
+        _layer_forward(values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, t, c0, c1)
 
 
 @_kernel()
@@ -433,18 +430,20 @@ def _circuit_fwd_serial(
     values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
     row_starts, layer_codes, or_code, zero, one, roots, out,
 ):  # fmt: skip
-    batch = values.shape[1]
+    batch, first, layers = values.shape[1], np.int64(0), layer_codes.size
     if batch != 1:
-        _columns_forward(
-            values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
-            row_starts, layer_codes, or_code, zero, one, roots, out, np.int64(0), batch,
+        _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, first, batch)
+        _layers_forward(
+            values, child, offsets, row_starts, layer_codes, aux, arg, state, sums, first, first,
+            layers, first, row_starts[-1], first, batch,
         )  # fmt: skip
+        _roots_forward(values, roots, out, first, batch)
         return
     # Batch 1, inlined with constant column bounds: the column loops compile away and no call
     # is made per layer (a third of the time of the small circuits, measured on road_r).
     _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, 0, 1)
     n0 = row_starts[1]
-    for k in range(layer_codes.size):
+    for k in range(layers):
         r0, r1 = row_starts[k + 1], row_starts[k + 2]
         code = layer_codes[k]
         _layer_forward(values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, 0, 0, 1)
@@ -472,31 +471,35 @@ def _circuit_fwd_parallel(
     rows between ``threads`` threads (scratch row ``t`` each)."""
     # Callees get the argument types the serial path gives them (int64, never a literal or
     # prange's unsigned index), so that the parallel path reuses their compilation.
-    batch, first = values.shape[1], np.int64(0)
+    batch, first, layers, rows = values.shape[1], np.int64(0), layer_codes.size, row_starts[-1]
     if chunks.size > 2:
         for t in prange(chunks.size - 1):
-            _columns_forward(
-                values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
-                row_starts, layer_codes, or_code, zero, one, roots, out, chunks[t], chunks[t + 1],
+            c0, c1 = chunks[t], chunks[t + 1]
+            _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, c0, c1)
+            _layers_forward(
+                values, child, offsets, row_starts, layer_codes, aux, arg, state, sums, first,
+                first, layers, first, rows, c0, c1,
             )  # fmt: skip
+            _roots_forward(values, roots, out, c0, c1)
         return
     _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, first, batch)
     n0 = row_starts[1]
-    for k in range(layer_codes.size):
-        r0, r1, code = row_starts[k + 1], row_starts[k + 2], layer_codes[k]
+    for k in range(layers):
+        r0, r1 = row_starts[k + 1], row_starts[k + 2]
         if (offsets[r1 - n0] - offsets[r0 - n0]) * batch < min_work:
-            _layer_forward_call(
-                values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, first, first,
-                batch,
+            _layers_forward(
+                values, child, offsets, row_starts, layer_codes, aux, arg, state, sums, first, k,
+                k + 1, first, rows, first, batch,
             )  # fmt: skip
             continue
         for t in prange(threads):
             row = np.int64(t)
             lo = _row_split(offsets, n0, r0, r1, row, threads)
             hi = _row_split(offsets, n0, r0, r1, row + 1, threads)
-            _layer_forward_call(
-                values, child, offsets, n0, lo, hi, code, aux, arg, state, sums, row, first, batch
-            )
+            _layers_forward(
+                values, child, offsets, row_starts, layer_codes, aux, arg, state, sums, row, k,
+                k + 1, lo, hi, first, batch,
+            )  # fmt: skip
     _roots_forward(values, roots, out, first, batch)
 
 
@@ -514,7 +517,7 @@ def _circuit_fwd_parallel(
 #   prob_sum: the product of the others' (1 - x): the prod rule on 1 - x
 # As in the forward, one function per reduction, each looping over a block's rows: a row's
 # parent edges of one part (AND or OR) are pe0..pe1 = starts[r]..ends[r + end_shift].
-@_kernel()
+@_kernel(inline="always")
 def _sum_backward(grad, aux, parent, starts, ends, end_shift, r0, r1, clamp, n0, c0, c1):
     """``sum`` (every parent passes its gradient) and, with ``clamp``, its lukasiewicz forms
     (only where the sum in ``aux`` was inside the clamp: ``>= 0`` for ``_LUK_AND``, ``<= 1``
@@ -525,30 +528,30 @@ def _sum_backward(grad, aux, parent, starts, ends, end_shift, r0, r1, clamp, n0,
             p = parent[pe]
             s = p - n0
             if clamp == _LUK_AND:
-                for c in range(c0, c1):
+                for c in _columns(c0, c1):
                     grad[r, c] += grad[p, c] if aux[s, c] >= 0 else zero
             elif clamp == _LUK_OR:
-                for c in range(c0, c1):
+                for c in _columns(c0, c1):
                     grad[r, c] += grad[p, c] if aux[s, c] <= one else zero
             else:
-                for c in range(c0, c1):
+                for c in _columns(c0, c1):
                     grad[r, c] += grad[p, c]
 
 
-@_kernel()
+@_kernel(inline="always")
 def _logsumexp_backward(grad, values, parent, starts, ends, end_shift, r0, r1, c0, c1):
     """``logsumexp``: ``grad[p] * exp(x - out[p])``, 0 where ``out[p] = -inf``."""
     zero = _typed(grad, 0.0)
     for r in range(r0, r1):
         for pe in range(starts[r], ends[r + end_shift]):
             p = parent[pe]
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 o = values[p, c]
                 d = grad[p, c] * _exp(values[r, c] - o)
                 grad[r, c] += zero if o == -np.inf else d
 
 
-@_kernel()
+@_kernel(inline="always")
 def _arg_backward(
     grad, values, arg, parent, parent_edge, starts, ends, end_shift, r0, r1, n0, c0, c1
 ):
@@ -558,7 +561,7 @@ def _arg_backward(
         for pe in range(starts[r], ends[r + end_shift]):
             p, e = parent[pe], parent_edge[pe]
             s = p - n0
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 o = values[p, c]
                 d = grad[p, c] if arg[s, c] == e else zero
                 grad[r, c] += o if o != o else d
@@ -580,7 +583,7 @@ def _others_product(values, child, e0, e1, skip, c, complement):
     return _typed(values, math.ldexp(mantissa, exponent))
 
 
-@_kernel()
+@_kernel(inline="always")
 def _prod_backward(
     grad, values, aux, arg, child, offsets, parent, parent_edge, starts, ends, end_shift, r0,
     r1, complement, n0, tiny, c0, c1,
@@ -595,7 +598,7 @@ def _prod_backward(
             p, e = parent[pe], parent_edge[pe]
             s = p - n0
             lost = 0
-            for c in range(c0, c1):
+            for c in _columns(c0, c1):
                 x = one - values[r, c] if complement else values[r, c]
                 a, z = aux[s, c], arg[s, c]
                 nonzero = x != 0
@@ -605,7 +608,7 @@ def _prod_backward(
                 lost += is_lost
                 grad[r, c] += grad[p, c] * others if kept & ~is_lost else zero
             if lost:
-                for c in range(c0, c1):
+                for c in _columns(c0, c1):
                     x = one - values[r, c] if complement else values[r, c]
                     a, z = aux[s, c], arg[s, c]
                     if (x != 0) & (z == 0) & (((abs(a) < tiny) & (a == a)) | (abs(a) == np.inf)):
@@ -615,7 +618,7 @@ def _prod_backward(
                         grad[r, c] += grad[p, c] * product
 
 
-@_kernel()
+@_kernel(inline="always")
 def _part_backward(
     grad, values, aux, arg, child, offsets, parent, parent_edge, starts, ends, end_shift, r0,
     r1, code, n0, tiny, c0, c1,
@@ -637,7 +640,7 @@ def _part_backward(
         )  # fmt: skip
 
 
-@_kernel()
+@_kernel(inline="always")
 def _block_backward(
     grad, values, aux, arg, grad_out, child, offsets, parent_offsets, parent_split, parent,
     parent_edge, seed_index, seed_offsets, seed_positions, n0, r0, r1, and_code, or_code, tiny,
@@ -648,13 +651,13 @@ def _block_backward(
     parents' and its OR parents' shares."""
     zero = _typed(grad, 0.0)
     for r in range(r0, r1):
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             grad[r, c] = zero
         i = seed_index[r]
         if i >= 0:
             for j in range(seed_offsets[i], seed_offsets[i + 1]):
                 q = seed_positions[j]
-                for c in range(c0, c1):
+                for c in _columns(c0, c1):
                     grad[r, c] += grad_out[c, q]
     _part_backward(
         grad, values, aux, arg, child, offsets, parent, parent_edge, parent_offsets,
@@ -697,7 +700,7 @@ def _leaves_backward(grad, values, pos, complement, tautology, or_code, grads, c
     num_vars = pos.shape[1]
     zero = _typed(values, 0.0)
     for v in range(num_vars):
-        for c in range(c0, c1):
+        for c in _columns(c0, c1):
             gp, gn = grad[2 + v, c], grad[2 + num_vars + v, c]
             x, y = values[2 + v, c], values[2 + num_vars + v, c]
             if tautology == _TAUTOLOGY_REDUCED:
@@ -715,21 +718,23 @@ def _leaves_backward(grad, values, pos, complement, tautology, or_code, grads, c
 
 
 @_kernel()
-def _columns_backward(
-    grad, values, aux, arg, grad_out, pos, complement, tautology, child, offsets,
-    parent_offsets, parent_split, parent, parent_edge, seed_index, seed_offsets, seed_positions,
-    row_starts, and_code, or_code, tiny, grads, c0, c1,
+def _blocks_backward(
+    grad, values, aux, arg, grad_out, child, offsets, parent_offsets, parent_split, parent,
+    parent_edge, seed_index, seed_offsets, seed_positions, row_starts, and_code, or_code, tiny,
+    k0, k1, r_lo, r_hi, c0, c1,
 ):  # fmt: skip
-    """The whole backward of the columns ``c0..c1``: the row blocks top down (a layer each,
-    then the leaves but false and true), then the literal weights' gradients."""
+    """Row blocks ``k1 - 1`` down to ``k0`` (block 0 the leaves but false and true, block
+    ``k`` layer ``k``), of each only the rows in ``r_lo..r_hi`` (columns ``c0..c1``): the one
+    compiled copy of the reductions' derivatives (one call for the whole circuit, or a
+    thread's rows of a block)."""
     n0 = row_starts[1]
-    for k in range(row_starts.size - 2, -1, -1):
+    for k in range(k1 - 1, k0 - 1, -1):
+        r0, r1 = max(row_starts[k], r_lo, 2), min(row_starts[k + 1], r_hi)
         _block_backward(
             grad, values, aux, arg, grad_out, child, offsets, parent_offsets, parent_split,
-            parent, parent_edge, seed_index, seed_offsets, seed_positions, n0,
-            max(row_starts[k], 2), row_starts[k + 1], and_code, or_code, tiny, c0, c1,
+            parent, parent_edge, seed_index, seed_offsets, seed_positions, n0, r0, r1, and_code,
+            or_code, tiny, c0, c1,
         )  # fmt: skip
-    _leaves_backward(grad, values, pos, complement, tautology, or_code, grads, c0, c1)
 
 
 @_kernel()
@@ -738,11 +743,13 @@ def _circuit_bwd_serial(
     parent_offsets, parent_split, parent, parent_edge, seed_index, seed_offsets, seed_positions,
     row_starts, and_code, or_code, tiny, grads,
 ):  # fmt: skip
-    _columns_backward(
-        grad, values, aux, arg, grad_out, pos, complement, tautology, child, offsets,
-        parent_offsets, parent_split, parent, parent_edge, seed_index, seed_offsets,
-        seed_positions, row_starts, and_code, or_code, tiny, grads, np.int64(0), values.shape[1],
+    batch, first, blocks = values.shape[1], np.int64(0), row_starts.size - 1
+    _blocks_backward(
+        grad, values, aux, arg, grad_out, child, offsets, parent_offsets, parent_split, parent,
+        parent_edge, seed_index, seed_offsets, seed_positions, row_starts, and_code, or_code,
+        tiny, first, blocks, first, row_starts[-1], first, batch,
     )  # fmt: skip
+    _leaves_backward(grad, values, pos, complement, tautology, or_code, grads, first, batch)
 
 
 @_kernel(parallel=True)
@@ -753,33 +760,34 @@ def _circuit_bwd_parallel(
 ):  # fmt: skip
     """As :func:`_circuit_fwd_parallel`: column chunks, or each row block with ``min_work``
     parent edge x column steps or more split by rows between ``threads`` threads."""
-    n0, batch, first = row_starts[1], values.shape[1], np.int64(0)
+    batch, first, blocks, rows = values.shape[1], np.int64(0), row_starts.size - 1, row_starts[-1]
     if chunks.size > 2:
         for t in prange(chunks.size - 1):
-            _columns_backward(
-                grad, values, aux, arg, grad_out, pos, complement, tautology, child, offsets,
-                parent_offsets, parent_split, parent, parent_edge, seed_index, seed_offsets,
-                seed_positions, row_starts, and_code, or_code, tiny, grads, chunks[t],
-                chunks[t + 1],
+            c0, c1 = chunks[t], chunks[t + 1]
+            _blocks_backward(
+                grad, values, aux, arg, grad_out, child, offsets, parent_offsets, parent_split,
+                parent, parent_edge, seed_index, seed_offsets, seed_positions, row_starts,
+                and_code, or_code, tiny, first, blocks, first, rows, c0, c1,
             )  # fmt: skip
+            _leaves_backward(grad, values, pos, complement, tautology, or_code, grads, c0, c1)
         return
-    for k in range(row_starts.size - 2, -1, -1):
+    for k in range(blocks - 1, -1, -1):
         r0, r1 = max(row_starts[k], 2), row_starts[k + 1]
         if (parent_offsets[r1] - parent_offsets[r0]) * batch < min_work:
-            _block_backward(
+            _blocks_backward(
                 grad, values, aux, arg, grad_out, child, offsets, parent_offsets, parent_split,
-                parent, parent_edge, seed_index, seed_offsets, seed_positions, n0, r0, r1,
-                and_code, or_code, tiny, first, batch,
+                parent, parent_edge, seed_index, seed_offsets, seed_positions, row_starts,
+                and_code, or_code, tiny, k, k + 1, first, rows, first, batch,
             )  # fmt: skip
             continue
         for t in prange(threads):
             row = np.int64(t)
             lo = _row_split(parent_offsets, first, r0, r1, row, threads)
             hi = _row_split(parent_offsets, first, r0, r1, row + 1, threads)
-            _block_backward(
+            _blocks_backward(
                 grad, values, aux, arg, grad_out, child, offsets, parent_offsets, parent_split,
-                parent, parent_edge, seed_index, seed_offsets, seed_positions, n0, lo, hi,
-                and_code, or_code, tiny, first, batch,
+                parent, parent_edge, seed_index, seed_offsets, seed_positions, row_starts,
+                and_code, or_code, tiny, k, k + 1, lo, hi, first, batch,
             )  # fmt: skip
     _leaves_backward(grad, values, pos, complement, tautology, or_code, grads, first, batch)
 

@@ -48,6 +48,14 @@ class CircuitModule(torch.nn.Module):
     The index tensors are buffers, so ``.to(device)``, ``state_dict`` and ``torch.save`` work.
     Values must be on the module's device (:class:`~trilay.engine.errors.DeviceError`).
 
+    ``backend`` (:data:`BACKENDS`): ``auto`` runs the Triton kernels on CUDA tensors and the
+    numba kernels (:mod:`trilay.kernels.cpu`) on CPU tensors, with ``torch.get_num_threads()``
+    threads; where those cannot serve a call (``torch.compile`` tracing, forward-mode AD,
+    nested ``torch.func`` gradients) ``auto`` runs the PyTorch path instead
+    (:meth:`backend_for`). ``torch`` is the PyTorch path (the reference: forward mode, exact
+    second derivatives); ``triton`` and ``numba`` force those kernels, which are reverse-mode
+    and once differentiable (a second derivative raises).
+
     ``memory_budget_mb``: before evaluating, the module estimates the bytes a forward (and the
     backward it prepares) holds (:meth:`estimate_bytes`) and raises
     :class:`~trilay.engine.errors.MemoryBudgetError` instead of running out of memory midway.

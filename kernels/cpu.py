@@ -48,7 +48,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from torch.autograd import forward_ad
 
-from .errors import SemiringError, TrilayError
+from .errors import SemiringError, TransformError
 from .reference import REDUCTIONS, needs_grad
 
 
@@ -75,11 +75,6 @@ _NO_TAUTOLOGY, _TAUTOLOGY_ONE, _TAUTOLOGY_REDUCED = range(3)
 CHUNK_COLUMNS = 16
 #: A layer's rows are split between threads when its edges x batch columns reach this.
 ROW_PARALLEL_MIN_WORK = 1 << 15
-
-
-class TransformError(TrilayError, NotImplementedError):
-    """A torch transform this backend does not serve (forward-mode AD, a second derivative);
-    the message names the backend that does."""
 
 
 _NO_FORWARD_MODE = (
@@ -233,12 +228,12 @@ def _better(code, x, best):
 @_kernel()
 def _pair_value(code, a, b):
     """The OR reduction ``code`` of the two values ``[a, b]`` (a tautology ``pos OR neg``),
-    as :func:`_node_forward` computes it for a node of two children."""
+    as :func:`_layer_forward` computes it for a node of two children."""
     one, zero = _typed(a, 1.0), _typed(a, 0.0)
     if code == _SUM:
         return a + b
     if code == _LSE:
-        m = max(a, b) if a == a and b == b else (b if a == a else a)
+        m = b if b > a else a
         shift = m if abs(m) < np.inf else zero
         return shift + _typed(a, math.log(_exp(a - shift) + _exp(b - shift)))
     if code == _MAX or code == _MIN:
@@ -606,7 +601,8 @@ def _prod_backward(
                 kept = z == (0 if nonzero else 1)
                 is_lost = nonzero & (z == 0) & (((abs(a) < tiny) & (a == a)) | (abs(a) == np.inf))
                 lost += is_lost
-                grad[r, c] += grad[p, c] * others if kept & ~is_lost else zero
+                d = grad[p, c] * others if kept else zero
+                grad[r, c] += zero if is_lost else d
             if lost:
                 for c in _columns(c0, c1):
                     x = one - values[r, c] if complement else values[r, c]

@@ -12,9 +12,8 @@ import torch
 from conftest import DATA, brute_force, models_of_cnf, random_cnf, random_weights
 from test_kernels import hub_circuit, random_dag
 from trilay.engine import Circuit
-from trilay.engine.errors import DeviceError, MemoryBudgetError
+from trilay.engine.errors import DeviceError, MemoryBudgetError, TransformError
 from trilay.kernels import cpu
-from trilay.kernels.cpu import TransformError
 
 SEMIRINGS = ["real", "log", "mpe", "mpe_log", "godel"]
 FUZZY = ["fuzzy_godel", "fuzzy_product", "fuzzy_lukasiewicz"]
@@ -147,6 +146,22 @@ def test_random_circuits_against_the_torch_path(semiring, batch, dtype):
             torch.testing.assert_close(g, g_ref, **close)
         elif not extremes:
             torch.testing.assert_close(g.sum(), g_ref.sum(), **close)
+
+
+@pytest.mark.parametrize("semiring", FUZZY)
+def test_smoothed_fuzzy_circuits_against_the_torch_path(semiring):
+    """Smoothing makes each variable's tautology ``pos OR neg`` a leaf, reduced by the OR
+    reduction (here prob_sum, lukasiewicz_or, max) and differentiated through it: the PyTorch
+    path's values and gradients w.r.t. ``pos`` and ``neg``."""
+    compiled = random_dag(seed=5, nodes=30, sharing=0.5).compile(smooth=True)
+    x = random_weights(4, compiled.num_vars, 6, extremes=False)
+    neg = random_weights(4, compiled.num_vars, 7, extremes=False)
+    assert (x + neg > 1).any() and (x + neg < 1).any()  # both sides of lukasiewicz_or's clamp
+    out, grads = grads_of(compiled.module(semiring, backend="numba"), x, neg)
+    ref, ref_grads = grads_of(compiled.module(semiring, backend="torch"), x, neg)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["sudoku_4", "road_r"])

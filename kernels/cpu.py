@@ -32,7 +32,7 @@ threads. Every value and gradient is computed by the same operations either way,
 results are the same bits on any number of threads.
 
 Dtypes: float32 and float64, each in its own precision. Kernels compile once per dtype and are
-cached on disk (numba ``cache=True``).
+cached on disk (numba ``cache=True``), and release the GIL while they run.
 """
 
 from __future__ import annotations
@@ -420,7 +420,7 @@ def _layers_forward(
         _layer_forward(values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, t, c0, c1)
 
 
-@_kernel()
+@_kernel(nogil=True)
 def _circuit_fwd_serial(
     values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
     row_starts, layer_codes, or_code, zero, one, roots, out,
@@ -456,7 +456,7 @@ def _row_split(offsets, first, r0, r1, t, threads):
     return r0 + np.searchsorted(offsets[r0 - first : r1 - first], target)
 
 
-@_kernel(parallel=True)
+@_kernel(parallel=True, nogil=True)
 def _circuit_fwd_parallel(
     values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
     row_starts, layer_codes, or_code, zero, one, roots, out, chunks, threads, min_work,
@@ -733,7 +733,7 @@ def _blocks_backward(
         )  # fmt: skip
 
 
-@_kernel()
+@_kernel(nogil=True)
 def _circuit_bwd_serial(
     grad, values, aux, arg, grad_out, pos, complement, tautology, child, offsets,
     parent_offsets, parent_split, parent, parent_edge, seed_index, seed_offsets, seed_positions,
@@ -748,7 +748,7 @@ def _circuit_bwd_serial(
     _leaves_backward(grad, values, pos, complement, tautology, or_code, grads, first, batch)
 
 
-@_kernel(parallel=True)
+@_kernel(parallel=True, nogil=True)
 def _circuit_bwd_parallel(
     grad, values, aux, arg, grad_out, pos, complement, tautology, child, offsets,
     parent_offsets, parent_split, parent, parent_edge, seed_index, seed_offsets, seed_positions,

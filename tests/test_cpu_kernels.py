@@ -298,11 +298,16 @@ def test_repeated_roots_and_roots_that_are_leaves():
     top = c.disjoin([inner, c.conjoin([c.literal(3), c.literal(4)])])
     for root in (top, c.literal(1), inner, c.literal(1), c.true(), c.false(), top, c.literal(-3)):
         c.add_root(root)
-    for smooth, semiring in ((False, "real"), (True, "log"), (True, "mpe")):
-        compiled = c.compile(smooth=smooth)
+    leaves_only = Circuit(4)  # no layer at all
+    for root in (leaves_only.literal(2), leaves_only.literal(-1), leaves_only.true()):
+        leaves_only.add_root(root)
+    cases = [(c, False, "real"), (c, True, "log"), (c, True, "mpe"), (leaves_only, False, "log")]
+    for circuit, smooth, semiring in cases:
+        compiled = circuit.compile(smooth=smooth)
+        weight = torch.rand(5, compiled.num_roots, generator=torch.Generator().manual_seed(2))
         x = random_weights(5, 4, 9, extremes=False)
         x = x.log() if semiring == "log" else x
-        weight = torch.rand(5, 8, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+        weight = weight.to(x.dtype)
         out, (g,) = grads_of(compiled.module(semiring, backend="numba"), x, weight=weight)
         ref, (g_ref,) = grads_of(compiled.module(semiring, backend="torch"), x, weight=weight)
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)

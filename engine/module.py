@@ -216,8 +216,9 @@ class CircuitModule(torch.nn.Module):
             pos = pos.to(compute_dtype)
             neg = None if neg is None else neg.to(compute_dtype)
         backend = self.backend_for(pos.device, pos, neg)
-        if backend == "numba":  # the kernels make the leaf rows themselves
-            out = circuit_forward_cpu(pos, neg, self.cpu_circuit())  # [batch, num_roots]
+        if backend == "numba":  # the kernels make the leaf rows themselves: [batch, num_roots]
+            numba = self._numba_eager if torch.compiler.is_compiling() else self._numba
+            out = numba(pos, neg)
         else:
             out = self._evaluate(self.leaves(pos, neg), backend).t()
         if len(lead) != 1:
@@ -266,6 +267,13 @@ class CircuitModule(torch.nn.Module):
         if device.type != "cpu" or torch.compiler.is_compiling():
             return "torch"
         return "torch" if forward_mode_active(pos, neg) else "numba"
+
+    def _numba(self, pos: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+        return circuit_forward_cpu(pos, neg, self.cpu_circuit())
+
+    # Under torch.compile, an explicit backend="numba" runs eagerly (a graph break): dynamo
+    # cannot trace numba. (``auto`` traces the PyTorch path instead, see backend_for.)
+    _numba_eager = torch.compiler.disable(_numba)
 
     def cpu_circuit(self):
         """The numba kernels' view of this module's buffers (a

@@ -461,6 +461,21 @@ def test_forward_mode_and_second_derivatives():
 
 
 # ---------------------------------------------------------------------------- the module
+def test_torch_compile():
+    """``auto`` under torch.compile traces the PyTorch path (one graph, no break); an explicit
+    ``numba`` runs its kernels outside the graph: both give the eager module's values and
+    gradients."""
+    compiled = cnf_circuit()
+    x = weights(4, "log", 3, extremes=False)
+    expected, expected_grad = grads_of(compiled.module("log"), x)
+    for backend in ("auto", "numba"):
+        torch._dynamo.reset()
+        module = compiled.module("log", backend=backend)
+        out, (g,) = grads_of(torch.compile(module, backend="eager", fullgraph=backend == "auto"), x)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(g, expected_grad[0])
+
+
 def test_memory_budget_and_estimate():
     """With a gradient to prepare the kernels hold the node values, their gradients and, for
     the reductions with backward state, a value and an int32 per internal node; without,

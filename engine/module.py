@@ -258,8 +258,8 @@ class CircuitModule(torch.nn.Module):
         (dynamo traces torch code, not numba's) and where forward-mode AD (``jvp``,
         ``jacfwd``, ``hessian``, dual tensors) or nested ``torch.func`` gradients reach the
         weights; on other devices (``meta``) the PyTorch path. An explicit backend is never
-        replaced (``numba`` raises :class:`~trilay.kernels.cpu.TransformError` for those
-        transforms)."""
+        replaced (``numba`` raises :class:`~trilay.engine.errors.TransformError` where forward
+        mode or a second derivative reaches it)."""
         if self.backend != "auto":
             return self.backend
         if device.type == "cuda":
@@ -269,6 +269,7 @@ class CircuitModule(torch.nn.Module):
         return "torch" if forward_mode_active(pos, neg) else "numba"
 
     def _numba(self, pos: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+        """The numba kernels on ``pos`` / ``neg`` ``[batch, V]``: the roots ``[batch, roots]``."""
         return circuit_forward_cpu(pos, neg, self.cpu_circuit())
 
     # Under torch.compile, an explicit backend="numba" runs eagerly (a graph break): dynamo

@@ -1079,6 +1079,8 @@ class CpuCircuitFunction(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, pos, neg, circuit):
+        if in_dims[0] is None and in_dims[1] is None:
+            return CpuCircuitFunction.apply(pos, neg, circuit), (None,) * 4
         width = info.batch_size
         pos_b, neg_b = (
             _fold_rows(t, d, width) for t, d in zip((pos, neg), in_dims[:2], strict=True)
@@ -1114,6 +1116,8 @@ class _CpuCircuitBackward(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, grad_out, pos, neg, circuit, values, aux, arg):
+        if all(d is None for d in in_dims):
+            return _CpuCircuitBackward.apply(grad_out, pos, neg, circuit, values, aux, arg), None
         width = info.batch_size
         rows = [
             _fold_rows(t, d, width) for t, d in zip((grad_out, pos, neg), in_dims[:3], strict=True)

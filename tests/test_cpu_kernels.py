@@ -410,6 +410,12 @@ def test_vmap_and_per_example_gradients_one_call_per_direction(monkeypatch):
     torch.testing.assert_close(shared, module(x, neg.expand_as(x)).t())
     nested = torch.func.vmap(module)(x.reshape(2, 2, 6))
     torch.testing.assert_close(nested, module(x).reshape(2, 2, 3))
+    # A call inside vmap on weights that are not vmapped: computed once, not per example.
+    expected = module(x[:1]).expand(4, 1, 3)
+    calls["forward"] = 0
+    constant = torch.func.vmap(lambda w: module(x[:1]) * w)(torch.ones(4, 1, dtype=x.dtype))
+    assert calls["forward"] == 1
+    torch.testing.assert_close(constant, expected)
 
 
 @pytest.mark.parametrize("semiring", ["log", "mpe"])

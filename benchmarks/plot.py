@@ -13,6 +13,7 @@ from collections import defaultdict
 
 MARKERS = {
     "trilay": "o",
+    "trilay-torch": "h",
     "trilay-graphs": "P",
     "trilay-layers": "*",
     "scatter": "s",

@@ -6,7 +6,8 @@ literal gets the semiring's complement) to root values ``[B, num_roots]``. The h
 ``setup`` plus the first call as the time to first result.
 
 - ``trilay``: ``CompiledCircuit.module(semiring)`` with its default backend (the Triton kernels
-  on GPU once they exist, the PyTorch path otherwise).
+  on GPU, the numba kernels on the CPU).
+- ``trilay-torch``: the same with ``backend="torch"``, trilay's PyTorch path (the reference).
 - ``trilay-graphs`` (CUDA only): the same with ``cuda_graphs=True``, every launch of a
   forward (and its backward) replayed from one CUDA graph.
 - ``trilay-layers`` (CUDA only): ``trilay-graphs`` with ``fuse_layers=False``, one launch per
@@ -14,7 +15,9 @@ literal gets the semiring's complement) to root values ``[B, num_roots]``. The h
 - ``scatter``: :class:`benchmarks.scatter.ScatterCircuit`, gather + scatter reduce per layer.
 - ``naive``: :func:`trilay.engine.evaluate_naive`, one torch op per node.
 - ``klay`` / ``klay-compiled``: klaycircuits' torch module, eager / ``torch.compile``.
-- ``pysdd``: PySDD's C weighted model count, one ``propagate`` per batch row (CPU, forward).
+- ``pysdd``: PySDD's C weighted model count, one ``propagate`` per batch row (CPU); forward
+  with backward adds ``literal_derivative`` of every literal after each ``propagate`` (PySDD's
+  derivatives), chained to the gradient of ``pos``.
 
 Every provider except naive and pysdd evaluates the circuit compiled with ``smooth=False``, the
 SDD as written: exact in the ``real`` and ``log`` semirings with complementary weights.
@@ -55,15 +58,9 @@ class Provider:
     """Base class: a named evaluator with its own skip rules."""
 
     name = "?"
-    forward_only = False
 
     def skip_reason(self, ctx: Context) -> str | None:
         """Why this provider cannot run this workload at all (``None``: it can)."""
-        return None
-
-    def mode_skip_reason(self, mode: str) -> str | None:
-        if self.forward_only and mode != "forward":
-            return "forward only"
         return None
 
     def setup(self, ctx: Context) -> Fn:
@@ -77,18 +74,19 @@ def load_circuit(workload: Workload) -> Circuit:
 
 
 class TrilayProvider(Provider):
-    """trilay's module; ``options`` are :class:`~trilay.engine.CircuitModule`'s, and any
-    option makes the provider CUDA-only (the options tune the Triton path)."""
+    """trilay's module; ``options`` are :class:`~trilay.engine.CircuitModule`'s;
+    ``cuda_only`` for the options that tune the Triton path."""
 
     name = "trilay"
 
-    def __init__(self, name: str | None = None, **options):
+    def __init__(self, name: str | None = None, cuda_only: bool = False, **options):
         if name is not None:
             self.name = name
+        self.cuda_only = cuda_only
         self.options = options
 
     def skip_reason(self, ctx: Context) -> str | None:
-        if self.options and ctx.device.type != "cuda":
+        if self.cuda_only and ctx.device.type != "cuda":
             return "CUDA only"
         return None
 
@@ -156,10 +154,11 @@ class KlayProvider(Provider):
 
 class PysddProvider(Provider):
     """PySDD's own weighted model count: ``set_literal_weights_from_array`` + ``propagate``
-    per batch row, in float64 (``log_mode`` in the log semiring)."""
+    per batch row, in float64 (``log_mode`` in the log semiring); where ``pos`` requires grad,
+    ``literal_derivative`` of each literal after each ``propagate``, as PySDD documents it,
+    becomes the gradient (:class:`_PysddGradient`)."""
 
     name = "pysdd"
-    forward_only = True
 
     def skip_reason(self, ctx: Context) -> str | None:
         if ctx.device.type != "cpu":
@@ -176,19 +175,55 @@ class PysddProvider(Provider):
         wmc = root.wmc(log_mode=log_mode)
         keep = (vtree, manager, root)  # PySDD frees the manager with its last reference
 
-        def fn(pos: torch.Tensor) -> torch.Tensor:
+        literals = np.arange(1, vtree.var_count() + 1)
+
+        def evaluate(pos: torch.Tensor, derivatives: bool):
             x = pos.detach().cpu().double().numpy()
             neg = _log1mexp(x) if log_mode else 1.0 - x
             # PySDD's literal order: -V..-1, +1..+V.
             weights = np.ascontiguousarray(np.concatenate([neg[:, ::-1], x], axis=1))
             out = np.empty(weights.shape[0])
+            d_pos, d_neg = np.empty_like(x), np.empty_like(x)
             for row in range(weights.shape[0]):
                 wmc.set_literal_weights_from_array(weights[row])
                 out[row] = wmc.propagate()
+                if derivatives:
+                    d_pos[row] = [wmc.literal_derivative(int(v)) for v in literals]
+                    d_neg[row] = [wmc.literal_derivative(-int(v)) for v in literals]
             assert keep
-            return torch.from_numpy(out).to(pos.dtype)[:, None]
+            result = torch.from_numpy(out).to(pos.dtype)[:, None]
+            if not derivatives:
+                return result, None
+            # d out / d pos through both literals (neg is the complement of pos): in log mode
+            # PySDD gives log dWMC/dw, and out = log WMC, w = exp(x).
+            if log_mode:
+                grad = np.exp(x + d_pos - out[:, None]) - np.exp(x + d_neg - out[:, None])
+            else:
+                grad = d_pos - d_neg
+            return result, torch.from_numpy(grad).to(pos.dtype)
+
+        def fn(pos: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() and pos.requires_grad:
+                return _PysddGradient.apply(pos, evaluate)
+            return evaluate(pos, False)[0]
 
         return fn
+
+
+class _PysddGradient(torch.autograd.Function):
+    """PySDD's value ``[B, 1]`` as a function of ``pos``, its gradient computed by PySDD in
+    the forward (``evaluate(pos, True) -> (out, d out / d pos)``)."""
+
+    @staticmethod
+    def forward(ctx, pos, evaluate):
+        out, grad = evaluate(pos, True)
+        ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None
 
 
 def _log1mexp(x: np.ndarray) -> np.ndarray:
@@ -202,8 +237,9 @@ def all_providers() -> dict[str, Provider]:
     """Every provider by name, in table order."""
     providers = [
         TrilayProvider(),
-        TrilayProvider("trilay-graphs", cuda_graphs=True),
-        TrilayProvider("trilay-layers", cuda_graphs=True, fuse_layers=False),
+        TrilayProvider("trilay-torch", backend="torch"),
+        TrilayProvider("trilay-graphs", cuda_only=True, cuda_graphs=True),
+        TrilayProvider("trilay-layers", cuda_only=True, cuda_graphs=True, fuse_layers=False),
         ScatterProvider(),
         NaiveProvider(),
         KlayProvider(compiled=False),
@@ -214,4 +250,4 @@ def all_providers() -> dict[str, Provider]:
 
 
 #: The providers of ``--quick`` (klay-compiled costs minutes of compilation per circuit).
-QUICK_PROVIDERS = ("trilay", "trilay-graphs", "scatter", "naive", "klay", "pysdd")
+QUICK_PROVIDERS = ("trilay", "trilay-torch", "trilay-graphs", "scatter", "naive", "klay", "pysdd")

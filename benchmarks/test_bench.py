@@ -53,8 +53,7 @@ def loaded():
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_bench(benchmark, loaded, workload, provider, batch, mode):
     entry = loaded(workload, provider)
-    p, reason, fn = entry[provider]
-    reason = reason or p.mode_skip_reason(mode)
+    _, reason, fn = entry[provider]
     if reason:
         pytest.skip(reason)
     info = entry["info"]

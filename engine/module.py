@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import torch
+from trilay.kernels.cpu import circuit_forward_cpu, cpu_circuit, forward_mode_active
 from trilay.kernels.fusion import plan_fusion
 from trilay.kernels.reference import (
     TorchGather,
@@ -28,10 +29,12 @@ from .errors import (
 )
 from .semiring import Semiring, get_semiring
 
-#: Backends a module can run on. ``auto``: the Triton kernels for CUDA tensors, the PyTorch
-#: path for CPU tensors. ``triton`` on CPU tensors runs the kernels in Triton's interpreter
-#: (``TRITON_INTERPRET=1`` set before triton is imported) and is refused otherwise.
-BACKENDS = ("auto", "torch", "triton")
+#: Backends a module can run on. ``auto``: the Triton kernels for CUDA tensors, the numba
+#: kernels for CPU tensors (the PyTorch path where they cannot serve the call, see
+#: :meth:`CircuitModule.backend_for`), the PyTorch path for other devices. ``triton`` on CPU
+#: tensors runs the kernels in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton
+#: is imported) and is refused otherwise; ``numba`` runs on CPU tensors only.
+BACKENDS = ("auto", "torch", "triton", "numba")
 
 _EXACT_DTYPES = (torch.float32, torch.float64)
 _UPCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -52,6 +55,14 @@ class CircuitModule(torch.nn.Module):
 
     The index tensors are buffers, so ``.to(device)``, ``state_dict`` and ``torch.save`` work.
     Values must be on the module's device (:class:`~trilay.engine.errors.DeviceError`).
+
+    ``backend`` (:data:`BACKENDS`): ``auto`` runs the Triton kernels on CUDA tensors and the
+    numba kernels (:mod:`trilay.kernels.cpu`) on CPU tensors, with ``torch.get_num_threads()``
+    threads; where those cannot serve a call (``torch.compile`` tracing, forward-mode AD,
+    nested ``torch.func`` gradients) ``auto`` runs the PyTorch path instead
+    (:meth:`backend_for`). ``torch`` is the PyTorch path (the reference: forward mode, exact
+    second derivatives); ``triton`` and ``numba`` force those kernels, which are reverse-mode
+    and once differentiable (a second derivative raises).
 
     ``validate`` (default on): the weights must lie in the semiring's range, probabilities
     ``[0, 1]`` (``real``, ``mpe``, ``godel`` and the fuzzy logics) or log-probabilities
@@ -175,7 +186,8 @@ class CircuitModule(torch.nn.Module):
         batch = math.prod(lead)
         if self.memory_budget_mb is not None:
             grad = needs_grad(pos) or (neg is not None and needs_grad(neg))
-            asked = self.estimate_bytes(batch, compute_dtype, self.backend_for(pos.device), grad)
+            backend = self.backend_for(pos.device, pos, neg)
+            asked = self.estimate_bytes(batch, compute_dtype, backend, grad)
             allowed = int(self.memory_budget_mb * 2**20)
             if asked > allowed:
                 raise MemoryBudgetError(asked, allowed, f"a batch of {batch}")
@@ -226,10 +238,21 @@ class CircuitModule(torch.nn.Module):
     def _forward(self, pos, neg, compute_dtype: torch.dtype) -> torch.Tensor:
         lead, dtype = pos.shape[:-1], pos.dtype
         batch = math.prod(lead)
-        pos = pos.reshape(batch, self.num_vars).to(compute_dtype)
-        neg = None if neg is None else neg.reshape(batch, self.num_vars).to(compute_dtype)
-        out = self._evaluate(self.leaves(pos, neg))  # [num_roots, batch]
-        return out.t().reshape(*lead, self.num_roots).to(dtype)
+        if len(lead) != 1:  # a reshape to the same shape would cost an autograd node
+            pos = pos.reshape(batch, self.num_vars)
+            neg = None if neg is None else neg.reshape(batch, self.num_vars)
+        if dtype != compute_dtype:
+            pos = pos.to(compute_dtype)
+            neg = None if neg is None else neg.to(compute_dtype)
+        backend = self.backend_for(pos.device, pos, neg)
+        if backend == "numba":  # the kernels make the leaf rows themselves: [batch, num_roots]
+            numba = self._numba_eager if torch.compiler.is_compiling() else self._numba
+            out = numba(pos, neg)
+        else:
+            out = self._evaluate(self.leaves(pos, neg), backend).t()
+        if len(lead) != 1:
+            out = out.reshape(*lead, self.num_roots)
+        return out if dtype == compute_dtype else out.to(dtype)
 
     def estimate_bytes(
         self, batch: int, dtype: torch.dtype, backend: str, grad: bool = True
@@ -237,34 +260,78 @@ class CircuitModule(torch.nn.Module):
         """Bytes a forward holds, at ``batch`` columns of ``dtype``.
 
         Every backend holds each node's value (``num_nodes`` rows). With ``grad`` (autograd
-        will differentiate it) the Triton path adds, for the semirings whose reductions need
-        them, a value-sized aux buffer and an int32 arg buffer, and the backward's gradient
-        buffer; the PyTorch path adds the gathered ``[E, B]`` edge values of every layer (and
-        their reduction's input), which autograd saves. Without ``grad``: the node values and,
-        on the PyTorch path, the widest layer's edge values."""
+        will differentiate it) the Triton and numba paths add, for the semirings whose
+        reductions need them, a value-sized aux buffer and an int32 arg buffer, and the
+        backward's gradient buffer; the PyTorch path adds the gathered ``[E, B]`` edge values
+        of every layer (and their reduction's input), which autograd saves. Without ``grad``:
+        the node values and, on the PyTorch path, the widest layer's edge values."""
         item = torch.empty(0, dtype=dtype).element_size()
         nodes = self.row_starts[-1]
         widest_edges = max((b - a for a, b in itertools.pairwise(self.edge_starts)), default=0)
         edges = self.edge_starts[-1]
         if not grad:
-            extra = 0 if backend == "triton" else 2 * widest_edges
+            extra = 0 if backend in ("triton", "numba") else 2 * widest_edges
             return (nodes + extra) * batch * item
-        if backend == "triton":
+        if backend in ("triton", "numba"):
             internal = nodes - self.num_leaves
             needs_state = any(r not in ("sum", "logsumexp") for r in self.reductions().values())
             state = internal * (item + 4) if needs_state else 0
             return (2 * nodes) * batch * item + state * batch
         return (2 * nodes + 2 * edges) * batch * item
 
-    def backend_for(self, device: torch.device) -> str:
-        """The backend a forward on ``device`` uses (never a silent fallback)."""
+    def backend_for(self, device: torch.device, pos=None, neg=None) -> str:
+        """The backend a forward on ``device`` (of the weights ``pos`` / ``neg``) uses.
+
+        ``auto`` picks the Triton kernels on CUDA and the numba kernels on the CPU, except
+        where those cannot serve the call and the PyTorch path can: under ``torch.compile``
+        (dynamo traces torch code, not numba's) and where forward-mode AD (``jvp``,
+        ``jacfwd``, ``hessian``, dual tensors) or nested ``torch.func`` gradients reach the
+        weights; on other devices (``meta``) the PyTorch path. An explicit backend is never
+        replaced (``numba`` raises :class:`~trilay.engine.errors.TransformError` where forward
+        mode or a second derivative reaches it)."""
         if self.backend != "auto":
             return self.backend
-        return "triton" if device.type == "cuda" else "torch"
+        if device.type == "cuda":
+            return "triton"
+        if device.type != "cpu" or torch.compiler.is_compiling():
+            return "torch"
+        return "torch" if forward_mode_active(pos, neg) else "numba"
 
-    def _evaluate(self, leaves: torch.Tensor) -> torch.Tensor:
-        """Run the layers on ``leaves: [num_leaves, batch]``: the roots ``[num_roots, batch]``."""
-        backend = self.backend_for(leaves.device)
+    def _numba(self, pos: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+        """The numba kernels on ``pos`` / ``neg`` ``[batch, V]``: the roots ``[batch, roots]``."""
+        return circuit_forward_cpu(pos, neg, self.cpu_circuit())
+
+    # Under torch.compile, an explicit backend="numba" runs eagerly (a graph break): dynamo
+    # cannot trace numba. (``auto`` traces the PyTorch path instead, see backend_for.)
+    _numba_eager = torch.compiler.disable(_numba)
+
+    def cpu_circuit(self):
+        """The numba kernels' view of this module's buffers (a
+        :class:`trilay.kernels.cpu.CpuCircuit` of numpy arrays sharing their memory, built once
+        and again after ``.to()`` or ``load_state_dict``). Raises
+        :class:`~trilay.engine.errors.DeviceError` unless the module is on the CPU."""
+        views = self._views.get("numba")
+        if views is None:
+            if self.device.type != "cpu":
+                raise DeviceError(
+                    f"the numba backend runs on the CPU; the module is on {self.device}"
+                )
+            views = self._views["numba"] = cpu_circuit(
+                {name: b for name, b in self._buffers.items() if b is not None},
+                self.row_starts,
+                self.layer_kinds,
+                self.reductions(),
+                self.semiring.zero,
+                self.semiring.one,
+                self.semiring.log_space,
+                self.smooth,
+                self.num_vars,
+            )
+        return views
+
+    def _evaluate(self, leaves: torch.Tensor, backend: str) -> torch.Tensor:
+        """Run the layers on ``leaves: [num_leaves, batch]`` with ``backend`` (``triton`` or
+        ``torch``): the roots ``[num_roots, batch]``."""
         if backend == "triton":
             try:
                 from trilay.kernels.layer import circuit_forward_triton

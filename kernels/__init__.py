@@ -1,7 +1,8 @@
 """trilay.kernels: the layer ops (gather + segment reduce) and trilay's error types.
 
-``reference`` holds the plain-PyTorch op (the CPU path, the oracle and the scatter baseline);
-the fused Triton kernels plug in beside it.
+``reference`` holds the plain-PyTorch op (the oracle, ``backend="torch"`` and the scatter
+baseline); ``layer`` the fused Triton kernels (CUDA) and ``cpu`` the fused numba kernels (the
+CPU path), each imported where it is used.
 """
 
 from . import errors

@@ -44,6 +44,11 @@ class ParseError(TrilayError, ValueError):
         self.line = line
 
 
+class TransformError(TrilayError, NotImplementedError):
+    """A torch transform the chosen backend does not serve (forward-mode AD, a derivative of
+    a derivative); the message names the backend that does."""
+
+
 class MemoryBudgetError(TrilayError, MemoryError):
     """An evaluation would need more memory than the user's budget allows."""
 
@@ -64,4 +69,5 @@ __all__ = [
     "CircuitError",
     "ParseError",
     "MemoryBudgetError",
+    "TransformError",
 ]

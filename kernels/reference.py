@@ -1,8 +1,9 @@
 """The plain-PyTorch layer op: gather + segment reduce, differentiable by autograd.
 
-This is trilay's reference implementation (the oracle the Triton kernels are tested against),
-the engine's CPU path, and the "scatter" baseline of the benchmarks (what KLay does: one index
-and one segment reduction per layer).
+This is trilay's reference implementation (the oracle the fused kernels are tested against),
+the engine's ``backend="torch"`` (the path with forward-mode AD and second derivatives), and the
+"scatter" baseline of the benchmarks (what KLay does: one index and one segment reduction per
+layer).
 
 Layout: node values are ``[num_nodes, batch]`` (batch contiguous). A layer is a CSR over the
 previous layer: node ``i`` reduces the rows ``child[offsets[i]:offsets[i+1]]`` of the previous

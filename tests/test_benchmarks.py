@@ -137,9 +137,9 @@ def test_quick_table_has_every_cpu_provider():
     assert {r["provider"] for r in rows} == set(QUICK_PROVIDERS)
     assert len(rows) == len(QUICK_PROVIDERS) * 2 * 2
     for row in rows:
-        if row["provider"] == "pysdd" and row["mode"] == "forward+backward":
-            assert row["status"] == "skipped" and row["reason"] == "forward only"
-        elif row["provider"] == "klay" and not HAS_KLAY:
+        # Every row that ran passed the gate: PySDD's forward+backward (its literal
+        # derivatives as the gradient) included.
+        if row["provider"] == "klay" and not HAS_KLAY:
             assert row["status"] == "skipped"
         elif row["provider"] == "trilay-graphs":  # the run is on the CPU
             assert row["status"] == "skipped" and row["reason"] == "CUDA only"
@@ -155,9 +155,11 @@ def test_quick_table_has_every_cpu_provider():
         assert column in header
     for provider in QUICK_PROVIDERS:
         assert sum(line.split()[4] == provider for line in lines if line.strip()) >= 2
-    # One verdict per (batch, mode) for each trilay variant that ran: only "trilay" on a CPU.
+    # One verdict per (batch, mode) for each trilay variant that ran: "trilay" (the numba
+    # kernels) and "trilay-torch" (the PyTorch path) on a CPU.
     verdicts = report.verdicts(rows)
-    assert len(verdicts) == 4 and all("sudoku_4" in v for v in verdicts)
+    assert len(verdicts) == 8 and all("sudoku_4" in v for v in verdicts)
+    assert sum("trilay-torch" in v.split(":")[0] for v in verdicts) == 4
 
 
 def test_naive_is_skipped_above_its_node_limit():
@@ -246,11 +248,12 @@ ROW_FIELDS = (
 
 
 def test_results_file_has_every_field(tmp_path, capsys):
-    argv = ["--workloads", "road_r", "--providers", "trilay", "scatter", "pysdd"]
+    # trilay-graphs is skipped on a CPU, pysdd on a GPU: one of them makes a skipped row.
+    argv = ["--workloads", "road_r", "--providers", "trilay", "trilay-graphs", "pysdd"]
     argv += ["--batch-sizes", "2", "--repeats", "2", "--output", str(tmp_path)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "road_r" in out and "trilay" in out and "skipped: forward only" in out
+    assert "road_r" in out and "trilay" in out and "skipped: C" in out
 
     (path,) = tmp_path.glob("*.json")
     document = json.loads(path.read_text())
@@ -263,7 +266,7 @@ def test_results_file_has_every_field(tmp_path, capsys):
     assert env["versions"]["torch"] == torch.__version__
     assert env["device"] == "cpu" and env["device_name"]
     assert "--workloads road_r" in env["command"]
-    assert document["settings"]["providers"] == ["trilay", "scatter", "pysdd"]
+    assert document["settings"]["providers"] == ["trilay", "trilay-graphs", "pysdd"]
     assert document["workloads"][0]["workload"] == "road_r"
 
     rows = document["rows"]

@@ -217,13 +217,14 @@ def test_memory_budget_fails_closed(compiled):
     small = module(torch.rand(4, 6).log())  # far below 1 MiB
     assert small.shape == (4, 2)
     batch = 200_000
-    asked = module.estimate_bytes(batch, torch.float32, "torch")
+    backend = module.backend_for(torch.device("cpu"))
+    asked = module.estimate_bytes(batch, torch.float32, backend)
     # Independent lower bound: the float32 values of every compiled node must be held.
     assert asked >= compiled.num_nodes * batch * 4
     with pytest.raises(MemoryBudgetError, match=rf"{asked:,} bytes.*{2**20:,} bytes"):
         module(torch.zeros(batch, 6, requires_grad=True))
     # Inference holds less (no state for a backward), but at least its inputs and roots.
-    inference = module.estimate_bytes(batch, torch.float32, "torch", grad=False)
+    inference = module.estimate_bytes(batch, torch.float32, backend, grad=False)
     assert (2 * 6 + 2 + 2) * batch * 4 <= inference < asked
     with pytest.raises(MemoryBudgetError, match=rf"{inference:,} bytes"):
         module(torch.zeros(batch, 6))
@@ -313,7 +314,7 @@ def oracle(pos, semiring):
 
 
 def device_for(backend: str) -> str:
-    if backend == "torch":
+    if backend in ("torch", "numba"):
         return "cpu"
     if torch.cuda.is_available():
         return "cuda"
@@ -327,7 +328,7 @@ def weights(semiring, seed, extremes, device):
     return (p.log() if semiring in LOG_SPACE else p).to(device)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
 @pytest.mark.parametrize("semiring", SEMIRINGS)
 def test_vmap_equals_the_batched_call(compiled, semiring, backend):
     device = device_for(backend)
@@ -345,7 +346,7 @@ def test_vmap_equals_the_batched_call(compiled, semiring, backend):
     torch.testing.assert_close(shared, module(x, y[:1].expand_as(y)))
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
 @pytest.mark.parametrize("semiring", SEMIRINGS)
 def test_per_example_gradients_under_vmap(compiled, semiring, backend):
     """vmap(grad(f)) equals each row's own autograd gradient, and autograd through a vmapped

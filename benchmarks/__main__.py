@@ -1,11 +1,13 @@
 """``python -m benchmarks``: trilay against the scatter and naive baselines, KLay and PySDD.
 
-``--quick`` (about a minute on a 2-core CPU): the four real circuits, 3cnf-30 and mnist-add-3
-at batch 1 and 128, forward and forward+backward, every CPU provider (naive only below 12000 IR
-nodes). The full mode adds 3cnf-35..50, mnist-add-1 and -2, batch 16 (and 1024 on a GPU) and
-``klay-compiled`` (minutes of
-``torch.compile`` per circuit and batch shape); ``--sweep`` runs 3cnf-30..50 to show how time
-grows with size. Results go to ``benchmarks/results/`` (JSON, CSV, PNG plot).
+``--quick`` (the main job; under two minutes on a fresh clone of a 2-core CPU, where trilay's
+numba kernels compile on first use): the four real circuits, 3cnf-30 and mnist-add-3 (both
+shipped in ``benchmarks/data``) at batch 1 and 128, forward and forward+backward, every CPU
+provider, on one thread (naive only below 12000 IR nodes; a call slower than the row budget is
+timed once). The full mode adds 3cnf-35..50, mnist-add-1, -2, -4 and -15, batch 16 (and 1024 on
+a GPU) and ``klay-compiled`` (minutes of ``torch.compile`` per circuit and batch shape);
+``--sweep`` runs 3cnf-30..50 to show how time grows with size. Results go to
+``benchmarks/runs/`` (JSON, CSV, PNG plot; ignored by git), or ``--output DIR``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Without --quick or --sweep: the full run. Options override the preset's values.",
     )
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="the one-minute CPU run")
+    preset.add_argument("--quick", action="store_true", help="the main job: the two-minute CPU run")
     preset.add_argument("--sweep", action="store_true", help="3cnf-30..50: time vs circuit size")
     parser.add_argument(
         "--device",
@@ -103,12 +105,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="skip naive above this many IR nodes (quick: 12000, else 20000)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (quick: 1, for figures a busy machine moves less; else torch's)",
+    )
     parser.add_argument(
         "--output",
-        default=str(results.RESULTS_DIR),
+        default=str(results.RUNS_DIR),
         metavar="DIR",
-        help="results folder (default: benchmarks/results)",
+        help="results folder (default: benchmarks/runs, ignored by git; the committed results "
+        "the README cites: --output benchmarks/results)",
     )
     parser.add_argument(
         "--cache-dir", metavar="DIR", help="generated 3-CNF SDDs (default: benchmarks/.cache)"
@@ -154,11 +161,19 @@ def settings_from_args(args: argparse.Namespace) -> harness.Settings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     mode_name = "quick" if args.quick else "sweep" if args.sweep else "full"
     env = results.environment(settings.device, sys.argv[1:] if argv is None else argv)
     print(f"trilay benchmarks ({mode_name}) on {env['device_name']}", file=sys.stderr)
+    load, cores = env["load_average_start"], env["cpu_count"] or 1
+    if settings.device == "cpu" and load is not None and load > 0.5 * cores:
+        print(
+            f"warning: load average {load} on {cores} cores: other work is running, CPU times "
+            "will move (rows whose repeats spread widely are flagged 'noisy')",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     infos, rows = harness.run(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     elapsed = time.perf_counter() - t0

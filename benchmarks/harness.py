@@ -57,6 +57,10 @@ class Settings:
         return asdict(self)
 
 
+#: Row statuses that carry a time: measured, measured on a busy machine, timed once.
+TIMED = ("ok", "noisy", "budget")
+
+
 def normalize_mode(mode: str) -> str:
     mode = _MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
@@ -148,8 +152,20 @@ class Timer:
         return (time.perf_counter() - t0) / inner
 
 
+#: A row whose repeats spread wider than this (75th over 25th percentile) is flagged "noisy":
+#: the machine was busy while it ran, and its median is not to be compared as is.
+NOISY_SPREAD = 1.5
+
+
 def measure(fn, timer: Timer, first_s: float, settings: Settings) -> dict:
-    """Warm up, then time ``repeats`` repeats of ``inner`` calls; returns the figures."""
+    """Warm up, then time ``repeats`` repeats of ``inner`` calls; returns the figures.
+
+    A call slower than the row budget (``max_row_s``) is timed once: its first call, which
+    the gate already made, is the row's only sample (status ``budget``)."""
+    if first_s > settings.max_row_s:
+        ms = 1e3 * first_s
+        figures = dict(median_ms=ms, q25_ms=ms, q75_ms=ms, min_ms=ms, max_ms=ms)
+        return {**figures, "repeats": 1, "inner": 1, "over_budget": True}
     estimate = first_s
     if first_s < settings.max_row_s / 4:  # a slow first call is its own warm-up
         warm = [timer.once(fn) for _ in range(max(1, settings.warmup))]
@@ -168,6 +184,7 @@ def measure(fn, timer: Timer, first_s: float, settings: Settings) -> dict:
         "max_ms": 1e3 * times[-1],
         "repeats": repeats,
         "inner": inner,
+        "over_budget": False,
     }
 
 
@@ -363,7 +380,17 @@ def _gate_and_time(fn, pos, mode, ref_out, ref_grad, dtype, timer, settings) -> 
             fn(x).sum().backward()
 
     figures.update(measure(call, timer, figures["first_call_s"], settings))
+    if figures.pop("over_budget"):
+        reason = (
+            f"one call, {figures['median_ms'] / 1e3:.1f} s, over the row budget of "
+            f"{settings.max_row_s} s: timed once"
+        )
+        return {**figures, "status": "budget", "reason": reason}
     figures["peak_mem_bytes"] = peak_memory(call, pos.device)
+    spread = figures["q75_ms"] / max(figures["q25_ms"], 1e-12)
+    if figures["repeats"] >= 3 and spread > NOISY_SPREAD:
+        reason = f"repeats spread x{spread:.1f} (25th-75th percentile): the machine was busy"
+        return {**figures, "status": "noisy", "reason": reason}
     return {**figures, "status": "ok", "reason": ""}
 
 
@@ -376,6 +403,7 @@ def _fmt(out: torch.Tensor, ref: torch.Tensor) -> str:
 
 def _progress(row: dict) -> str:
     head = f"  {row['provider']:>13} b={row['batch']:<5} {row['mode']:<16}"
-    if row["status"] == "ok":
-        return f"{head} {row['median_ms']:10.3f} ms"
+    if row["status"] in TIMED:
+        flag = "" if row["status"] == "ok" else f" ({row['status']}: {row['reason']})"
+        return f"{head} {row['median_ms']:10.3f} ms{flag}"
     return f"{head} {row['status']}: {row['reason']}"

@@ -11,6 +11,8 @@ import os
 import pathlib
 from collections import defaultdict
 
+from .harness import TIMED
+
 MARKERS = {
     "trilay": "o",
     "trilay-torch": "h",
@@ -30,13 +32,14 @@ def available() -> bool:
 
 def plot_time_vs_size(rows: list[dict], path: str | os.PathLike, title: str) -> pathlib.Path:
     """One panel per (mode, batch): median time (ms) against edges, one line per provider,
-    with the interquartile range as error bars. Only rows that passed the gate are drawn."""
+    with the interquartile range as error bars. Only rows that passed the gate and were timed
+    are drawn (a noisy row too: its error bar shows it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] in TIMED]
     panels = sorted({(r["mode"], r["batch"]) for r in ok}, key=lambda p: (p[0] != "forward", p[1]))
     if not panels:
         raise ValueError("no timed rows to plot")

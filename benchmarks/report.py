@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from .harness import TIMED
+
 _MODE_SHORT = {"forward": "fwd", "forward+backward": "fwd+bwd"}
 
 COLUMNS = (
@@ -34,6 +36,8 @@ def _num(x: float | None, digits: int = 3) -> str:
 def _status(row: dict) -> str:
     if row["status"] == "ok":
         return "ok"
+    if row["status"] in TIMED:  # timed, with a flag: a busy machine, or a single call
+        return f"{row['status']}: {row['reason']}"
     if row["status"] == "skipped":
         return f"skipped: {row['reason']}"
     if row["status"] == "WRONG":
@@ -44,7 +48,7 @@ def _status(row: dict) -> str:
 def table_rows(rows: list[dict]) -> list[list[str]]:
     out = []
     for row in rows:
-        ok = row["status"] == "ok"
+        ok = row["status"] in TIMED
         iqr = f"{_num(row['q25_ms'])}-{_num(row['q75_ms'])}" if ok else "-"
         out.append(
             [
@@ -105,7 +109,7 @@ def verdicts(rows: list[dict], against=("pysdd", "klay", "klay-compiled", "scatt
     each of ``against``."""
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for row in rows:
-        if row["status"] == "ok":
+        if row["status"] in TIMED:
             groups[(row["workload"], row["batch"], row["mode"])][row["provider"]] = row
     lines = []
     for (workload, batch, mode), by_provider in groups.items():
@@ -124,13 +128,18 @@ def verdicts(rows: list[dict], against=("pysdd", "klay", "klay-compiled", "scatt
                     else:
                         parts.append(f"{1 / ratio:.1f}x faster than {other}")
             best = min(others, key=lambda r: r["median_ms"], default=None)
-            if best is None or trilay["median_ms"] <= best["median_ms"]:
+            if best is None:
+                continue  # nothing else ran: nothing to say
+            if trilay["median_ms"] <= best["median_ms"]:
                 verdict = f"{name} fastest"
             else:
                 verdict = f"{name} LOSES to {best['provider']}"
+            flagged = sorted({r["status"] for r in [trilay, *others] if r["status"] != "ok"})
+            note = f" [{', '.join(flagged)} rows: see the table]" if flagged else ""
             lines.append(
                 f"{workload:>10} b={batch:<5} {_MODE_SHORT.get(mode, mode):<7} {verdict}: "
                 + ", ".join(parts)
+                + note
             )
     return lines
 
@@ -145,7 +154,7 @@ def growth(rows: list[dict]) -> list[str]:
     (time ~ edges^slope) and the time ratio of the largest to the smallest circuit."""
     series: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
     for row in rows:
-        if row["status"] == "ok" and row.get("source") == "3cnf":
+        if row["status"] in TIMED and row.get("source") == "3cnf":
             series[(row["provider"], row["batch"], row["mode"])].append(
                 (row["edges"], row["median_ms"])
             )

@@ -15,6 +15,9 @@ import sys
 
 import torch
 
+#: Where a run writes by default: ignored by git, so a run leaves the tree clean. The results
+#: the README cites are written with ``--output benchmarks/results`` and committed.
+RUNS_DIR = pathlib.Path(__file__).parent / "runs"
 RESULTS_DIR = pathlib.Path(__file__).parent / "results"
 _REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -106,6 +109,14 @@ def peak_bandwidth(name: str) -> float | None:
     return None
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average (how many processes wanted a core), where the OS has one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def environment(device: str, argv: list[str] | None = None) -> dict:
     """Where and with what a run happened; ``argv``: the command's arguments."""
     name = device_name(device)
@@ -134,6 +145,9 @@ def environment(device: str, argv: list[str] | None = None) -> dict:
             "numpy": _version("numpy"),
         },
         "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": _load_average(),
         # A copy of the tree without .git (a lent GPU machine's) names its commit by hand.
         "git_commit": _git("rev-parse", "HEAD") or os.environ.get("TRILAY_GIT_COMMIT"),
         "git_dirty": None if status is None else bool(status),

@@ -160,12 +160,15 @@ NOISY_SPREAD = 1.5
 def measure(fn, timer: Timer, first_s: float, settings: Settings) -> dict:
     """Warm up, then time ``repeats`` repeats of ``inner`` calls; returns the figures.
 
-    A call slower than the row budget (``max_row_s``) is timed once: its first call, which
-    the gate already made, is the row's only sample (status ``budget``)."""
+    A call slower than the row budget (``max_row_s``) is timed once (status ``budget``): a
+    second call, as the first (the gate's) may include one-time work such as compiling."""
     if first_s > settings.max_row_s:
-        ms = 1e3 * first_s
-        figures = dict(median_ms=ms, q25_ms=ms, q75_ms=ms, min_ms=ms, max_ms=ms)
-        return {**figures, "repeats": 1, "inner": 1, "over_budget": True}
+        second_s = timer.once(fn)
+        if second_s > settings.max_row_s:
+            ms = 1e3 * second_s
+            figures = dict(median_ms=ms, q25_ms=ms, q75_ms=ms, min_ms=ms, max_ms=ms)
+            return {**figures, "repeats": 1, "inner": 1, "over_budget": True}
+        first_s = second_s
     estimate = first_s
     if first_s < settings.max_row_s / 4:  # a slow first call is its own warm-up
         warm = [timer.once(fn) for _ in range(max(1, settings.warmup))]

@@ -370,3 +370,57 @@ def test_results_environment_tolerates_missing_git(monkeypatch):
     # A tree copied without .git (a lent GPU machine) names its commit by hand.
     monkeypatch.setenv("TRILAY_GIT_COMMIT", "0123abc")
     assert results.environment("cpu")["git_commit"] == "0123abc"
+
+
+class ScriptedTimer:
+    """A Timer whose calls take the scripted seconds, in order (``once`` and ``loop`` alike)."""
+
+    def __init__(self, seconds):
+        self.seconds = list(seconds)
+
+    def once(self, fn):
+        return self.seconds.pop(0)
+
+    def loop(self, fn, inner):
+        return self.seconds.pop(0)
+
+
+def test_a_call_over_the_row_budget_is_timed_once_after_its_first():
+    """A slow first call (compiling, say) is not the sample: a second call is; when that one is
+    also over the budget it is the row's only sample."""
+    budget = settings(max_row_s=0.5, repeats=5, warmup=1)
+    slow = harness.measure(lambda: None, ScriptedTimer([2.0]), first_s=3.0, settings=budget)
+    assert slow["over_budget"] and slow["repeats"] == 1 and slow["median_ms"] == 2000.0
+    warm = harness.measure(
+        lambda: None, ScriptedTimer([0.01, 0.01] + [0.01] * 5), first_s=3.0, settings=budget
+    )
+    assert not warm["over_budget"] and warm["median_ms"] == pytest.approx(10.0)
+
+
+def test_rows_whose_repeats_spread_are_flagged_noisy(monkeypatch):
+    def scripted(call, timer, first_s, s):
+        values = [10.0, 11.0, 30.0, 31.0, 32.0]  # the 75th percentile 2.8x the 25th
+        return {
+            "median_ms": values[2],
+            "q25_ms": values[1],
+            "q75_ms": values[3],
+            "min_ms": values[0],
+            "max_ms": values[4],
+            "repeats": 5,
+            "inner": 1,
+            "over_budget": False,
+        }
+
+    monkeypatch.setattr(harness, "measure", scripted)
+    pos = torch.rand(2, 3)
+    row = harness._gate_and_time(
+        lambda x: x.sum(-1, keepdim=True),
+        pos,
+        "forward",
+        pos.sum(-1, keepdim=True).double(),
+        None,
+        torch.float32,
+        harness.Timer(torch.device("cpu")),
+        settings(),
+    )
+    assert row["status"] == "noisy" and "busy" in row["reason"]

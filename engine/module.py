@@ -481,6 +481,14 @@ class CircuitModule(torch.nn.Module):
             torch._assert_async((inside | torch.isnan(x)).all(), message)
             return
         plain = _unwrapped(x).detach()
+        if plain.numel() == 0:
+            return
+        # One reduction (aminmax) first, not an elementwise mask: microseconds matter at
+        # batch 1. aminmax propagates NaN, so a NaN fails both tests below and the mask then
+        # looks at every value (NaN itself passes: it is neither below nor above anything).
+        low, high = (bound.item() for bound in torch.aminmax(plain))
+        if (high <= 0) if log else (low >= 0 and high <= 1):
+            return
         outside = plain > 0 if log else (plain < 0) | (plain > 1)
         if bool(outside.any()):
             found = plain[outside].double()

@@ -273,6 +273,8 @@ def test_weights_outside_the_semiring_range_are_refused(compiled, semiring, valu
     if device == "cpu":
         with pytest.raises(ValueRangeError, match=rf"pos must hold {what}.*1 value in"):
             module(bad)
+        with pytest.raises(ValueRangeError, match="1 value in"):  # a column-major view
+            module(bad.t().contiguous().t())
         with pytest.raises(ValueRangeError, match="neg must hold"):
             module(good, bad)
     unchecked = compiled.to(device).module(semiring, backend=backend, validate=False)

@@ -4,6 +4,7 @@ computes on the whole batch (the oracle: a plain single-process backward)."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 import time
@@ -45,6 +46,9 @@ def make_model_and_data():
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    # Where a worker is stuck, should it be: its threads' stacks, shown by the test on timeout.
+    stacks = open(os.path.join(out_dir, f"rank{rank}.stacks"), "w")  # noqa: SIM115
+    faulthandler.dump_traceback_later(TIMEOUT_S - 10, file=stacks)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -84,7 +88,12 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     try:
         while not context.join(timeout=max(0.0, deadline - time.monotonic())):
             if time.monotonic() >= deadline:
-                pytest.fail(f"the DDP workers did not finish within {TIMEOUT_S} s")
+                stacks = "".join(
+                    f"\n-- rank {rank} --\n" + (tmp_path / f"rank{rank}.stacks").read_text()
+                    for rank in range(2)
+                    if (tmp_path / f"rank{rank}.stacks").exists()
+                )
+                pytest.fail(f"the DDP workers did not finish within {TIMEOUT_S} s{stacks}")
     finally:
         for process in context.processes:
             if process.is_alive():

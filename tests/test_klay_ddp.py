@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import pathlib
 import socket
 import time
 
@@ -45,9 +46,14 @@ def make_model_and_data():
     return model, features
 
 
+def _stacks_file(out_dir, rank: int) -> pathlib.Path:
+    """Where worker ``rank`` writes its threads' stacks if it is still running near the
+    deadline: the test shows them when it times out."""
+    return pathlib.Path(out_dir, f"rank{rank}.stacks")
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    # Where a worker is stuck, should it be: its threads' stacks, shown by the test on timeout.
-    stacks = open(os.path.join(out_dir, f"rank{rank}.stacks"), "w")  # noqa: SIM115
+    stacks = _stacks_file(out_dir, rank).open("w")  # noqa: SIM115 (open until the process ends)
     faulthandler.dump_traceback_later(TIMEOUT_S - 10, file=stacks)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
@@ -88,10 +94,11 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     try:
         while not context.join(timeout=max(0.0, deadline - time.monotonic())):
             if time.monotonic() >= deadline:
+                files = {rank: _stacks_file(tmp_path, rank) for rank in range(2)}
                 stacks = "".join(
-                    f"\n-- rank {rank} --\n" + (tmp_path / f"rank{rank}.stacks").read_text()
-                    for rank in range(2)
-                    if (tmp_path / f"rank{rank}.stacks").exists()
+                    f"\n-- rank {rank} --\n" + f.read_text()
+                    for rank, f in files.items()
+                    if f.exists()
                 )
                 pytest.fail(f"the DDP workers did not finish within {TIMEOUT_S} s{stacks}")
     finally:

@@ -1,6 +1,6 @@
 """The trilay exception hierarchy: the tensor and circuit errors are defined in
 :mod:`trilay.kernels.errors` and re-exported here; the errors only the engine and the frontends
-raise (files, options, value ranges) are defined here."""
+raise (files, options) are defined here."""
 
 import errno
 
@@ -24,10 +24,4 @@ class OptionError(TrilayError, ValueError):
     that is not one of its choices or not of its type."""
 
 
-class ValueRangeError(TrilayError, ValueError):
-    """A tensor holds values outside the range its meaning allows (probabilities or truth
-    values outside ``[0, 1]``, NaN among them); the message names the range and what was
-    found."""
-
-
-__all__ = [*_kernel_errors, "MissingFileError", "OptionError", "ValueRangeError"]
+__all__ = [*_kernel_errors, "MissingFileError", "OptionError"]

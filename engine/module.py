@@ -7,12 +7,7 @@ import math
 
 import numpy as np
 import torch
-from trilay.kernels.cpu import (
-    circuit_forward_cpu,
-    count_outside_range,
-    cpu_circuit,
-    forward_mode_active,
-)
+from trilay.kernels.cpu import circuit_forward_cpu, cpu_circuit, forward_mode_active
 from trilay.kernels.fusion import plan_fusion
 from trilay.kernels.reference import (
     TorchGather,
@@ -74,7 +69,7 @@ class CircuitModule(torch.nn.Module):
     ``[-inf, 0]`` (``log``, ``mpe_log``), else :class:`~trilay.engine.errors.ValueRangeError`
     names the range and what was found: a probability of 1.5, or probabilities given to
     ``log``, would otherwise return a silently wrong number. NaN passes (it propagates as NaN,
-    as in torch's own reductions). On CPU tensors the check costs one comparison; on CUDA
+    as in torch's own reductions). The numba kernels check in their own forward pass; on CUDA
     tensors and under ``torch.compile`` it is ``torch._assert_async`` (no host sync; a
     violation surfaces as a RuntimeError with the same message at the next sync).
     ``validate=False`` skips it, e.g. for unnormalized weights in ``real``.
@@ -131,6 +126,7 @@ class CircuitModule(torch.nn.Module):
         self.cuda_graphs = cuda_graphs
         self.fuse_layers = fuse_layers
         self.validate = validate
+        self._range_requirement = _range_requirement(self.semiring)
         self._graphs: dict[tuple, object] = {}
         self._views: dict[str, object] = {}  # per-backend views of the buffers, see _apply
         self._node_hub_layers = sorted(compiled.node_hubs)
@@ -183,22 +179,21 @@ class CircuitModule(torch.nn.Module):
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
         compute_dtype = self._check_inputs(pos, neg)
-        if self.validate:
+        backend = self.backend_for(pos.device, pos, neg)
+        if self.validate and backend != "numba":  # the numba kernels check in their forward
             for name, x in (("pos", pos), ("neg", neg)):
                 if x is not None:
                     self._check_range(name, x)
-        lead = pos.shape[:-1]
-        batch = math.prod(lead)
         if self.memory_budget_mb is not None:
+            batch = math.prod(pos.shape[:-1])
             grad = needs_grad(pos) or (neg is not None and needs_grad(neg))
-            backend = self.backend_for(pos.device, pos, neg)
             asked = self.estimate_bytes(batch, compute_dtype, backend, grad)
             allowed = int(self.memory_budget_mb * 2**20)
             if asked > allowed:
                 raise MemoryBudgetError(asked, allowed, f"a batch of {batch}")
-        if self.cuda_graphs and pos.device.type == "cuda":
+        if self.cuda_graphs and pos.is_cuda:
             return self._graphed(pos, neg)
-        return self._forward(pos, neg, compute_dtype)
+        return self._forward(pos, neg, compute_dtype, backend)
 
     def _graphed(self, pos: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
         """Replay (capturing on first use) the CUDA graph for this input signature."""
@@ -209,7 +204,9 @@ class CircuitModule(torch.nn.Module):
             samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
             compute_dtype = self._check_inputs(pos, neg)
             graphed = torch.cuda.make_graphed_callables(
-                lambda *xs: self._forward(xs[0], xs[1] if len(xs) > 1 else None, compute_dtype),
+                lambda *xs: self._forward(
+                    xs[0], xs[1] if len(xs) > 1 else None, compute_dtype, "triton"
+                ),
                 samples,
             )
             self._graphs[key] = graphed
@@ -240,16 +237,15 @@ class CircuitModule(torch.nn.Module):
             rows.append(tautology)
         return torch.cat(rows, dim=0)
 
-    def _forward(self, pos, neg, compute_dtype: torch.dtype) -> torch.Tensor:
+    def _forward(self, pos, neg, compute_dtype: torch.dtype, backend: str) -> torch.Tensor:
         lead, dtype = pos.shape[:-1], pos.dtype
-        batch = math.prod(lead)
         if len(lead) != 1:  # a reshape to the same shape would cost an autograd node
+            batch = math.prod(lead)
             pos = pos.reshape(batch, self.num_vars)
             neg = None if neg is None else neg.reshape(batch, self.num_vars)
         if dtype != compute_dtype:
             pos = pos.to(compute_dtype)
             neg = None if neg is None else neg.to(compute_dtype)
-        backend = self.backend_for(pos.device, pos, neg)
         if backend == "numba":  # the kernels make the leaf rows themselves: [batch, num_roots]
             numba = self._numba_eager if torch.compiler.is_compiling() else self._numba
             out = numba(pos, neg)
@@ -296,15 +292,18 @@ class CircuitModule(torch.nn.Module):
         mode or a second derivative reaches it)."""
         if self.backend != "auto":
             return self.backend
-        if device.type == "cuda":
+        kind = device.type
+        if kind == "cuda":
             return "triton"
-        if device.type != "cpu" or torch.compiler.is_compiling():
+        if kind != "cpu" or torch.compiler.is_compiling():
             return "torch"
         return "torch" if forward_mode_active(pos, neg) else "numba"
 
     def _numba(self, pos: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
-        """The numba kernels on ``pos`` / ``neg`` ``[batch, V]``: the roots ``[batch, roots]``."""
-        return circuit_forward_cpu(pos, neg, self.cpu_circuit())
+        """The numba kernels on ``pos`` / ``neg`` ``[batch, V]``: the roots ``[batch, roots]``
+        (the weights' range checked in the same call where ``validate`` is on)."""
+        requirement = self._range_requirement if self.validate else None
+        return circuit_forward_cpu(pos, neg, self.cpu_circuit(), requirement)
 
     # Under torch.compile, an explicit backend="numba" runs eagerly (a graph break): dynamo
     # cannot trace numba. (``auto`` traces the PyTorch path instead, see backend_for.)
@@ -477,32 +476,16 @@ class CircuitModule(torch.nn.Module):
     def _check_range(self, name: str, x: torch.Tensor) -> None:
         """Refuse weights outside the semiring's range (see the class docstring)."""
         log = self.semiring.log_space
-        if x.device.type != "cpu" or torch.compiler.is_compiling():
+        if not x.is_cpu or torch.compiler.is_compiling():
             inside = (x <= 0) if log else ((x >= 0) & (x <= 1))
-            torch._assert_async((inside | torch.isnan(x)).all(), self._range_message(name))
+            message = f"{name} {self._range_requirement}"
+            torch._assert_async((inside | torch.isnan(x)).all(), message)
             return
         plain = _unwrapped(x).detach()
-        # One compiled pass where the values are a plain array (torch.func's wrapped values
-        # may have no storage): microseconds matter at batch 1.
-        if plain.dtype in _EXACT_DTYPES and not torch._C._are_functorch_transforms_active():
-            if not count_outside_range(plain.numpy(), log):
-                return
         # NaN passes: it is neither below nor above anything.
         outside = plain > 0 if log else (plain < 0) | (plain > 1)
         if bool(outside.any()):
-            found = plain[outside].double()
-            raise ValueRangeError(
-                f"{self._range_message(name)}; got {found.numel()} "
-                f"value{'s' * (found.numel() != 1)} in "
-                f"[{found.min().item():.6g}, {found.max().item():.6g}]"
-            )
-
-    def _range_message(self, name: str) -> str:
-        log = self.semiring.log_space
-        what = "log-probabilities in [-inf, 0]" if log else "probabilities in [0, 1]"
-        return f"{name} must hold {what} for semiring {self.semiring.name!r}" + (
-            "" if log else " (pass validate=False for unnormalized weights)"
-        )
+            raise ValueRangeError.found(name, self._range_requirement, plain[outside].double())
 
     def extra_repr(self) -> str:
         return (
@@ -592,6 +575,15 @@ def _unwrapped(x: torch.Tensor) -> torch.Tensor:
     while functorch.is_functorch_wrapped_tensor(x):
         x = functorch.get_unwrapped(x)
     return x
+
+
+def _range_requirement(semiring: Semiring) -> str:
+    """What the weights must be in ``semiring``, for the range error (made once per module)."""
+    log = semiring.log_space
+    what = "log-probabilities in [-inf, 0]" if log else "probabilities in [0, 1]"
+    return f"must hold {what} for semiring {semiring.name!r}" + (
+        "" if log else " (pass validate=False for unnormalized weights)"
+    )
 
 
 def _check_flag(name: str, value) -> None:

@@ -48,7 +48,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from torch.autograd import forward_ad
 
-from .errors import SemiringError, TransformError
+from .errors import SemiringError, TransformError, ValueRangeError
 from .reference import REDUCTIONS, needs_grad
 
 
@@ -69,6 +69,9 @@ _NEEDS_ARG = (_PROD, _MAX, _MIN, _PROB_SUM)
 _NEG_GIVEN, _ONE_MINUS, _LOG1MEXP = range(3)
 # The tautology rows (smoothed circuits): none, the semiring's one, or pos OR neg reduced.
 _NO_TAUTOLOGY, _TAUTOLOGY_ONE, _TAUTOLOGY_REDUCED = range(3)
+# The forward's check of the literal weights: none, probabilities [0, 1], log-probabilities
+# [-inf, 0] (NaN passes: it propagates).
+_NO_CHECK, _CHECK_PROB, _CHECK_LOG = range(3)
 
 #: A batch is cut into column chunks (one per thread) only when each chunk gets at least this
 #: many columns (a multiple of 16: chunks start on 64-byte lines).
@@ -420,11 +423,35 @@ def _layers_forward(
         _layer_forward(values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, t, c0, c1)
 
 
+@_kernel(inline="always")
+def _count_outside(x, check):
+    """How many values of ``x`` lie outside the range ``check`` names (0 for ``_NO_CHECK``)."""
+    count = 0
+    if check == _NO_CHECK:
+        return count
+    for v in x.ravel():
+        count += (v > 0) if check == _CHECK_LOG else (v < 0 or v > 1)
+    return count
+
+
+@_kernel(inline="always")
+def _weights_outside(pos, neg, complement, check):
+    """How many literal weights (``pos``, and ``neg`` where given) lie outside their range:
+    checked in the kernel because a separate pass costs microseconds at batch 1."""
+    given = _count_outside(neg, check) if complement == _NEG_GIVEN else 0
+    return _count_outside(pos, check) + given
+
+
 @_kernel(nogil=True)
 def _circuit_fwd_serial(
     values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
-    row_starts, layer_codes, or_code, zero, one, roots, out,
+    row_starts, layer_codes, or_code, zero, one, roots, out, check,
 ):  # fmt: skip
+    """The forward on one thread; returns the count of weights outside their range (then
+    nothing else is computed)."""
+    outside = _weights_outside(pos, neg, complement, check)
+    if outside:
+        return outside
     batch, first, layers = values.shape[1], np.int64(0), layer_codes.size
     if batch != 1:
         _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, first, batch)
@@ -433,7 +460,7 @@ def _circuit_fwd_serial(
             layers, first, row_starts[-1], first, batch,
         )  # fmt: skip
         _roots_forward(values, roots, out, first, batch)
-        return
+        return outside
     # Batch 1, inlined with constant column bounds: the column loops compile away and no call
     # is made per layer (a third of the time of the small circuits, measured on road_r).
     _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, 0, 1)
@@ -443,6 +470,7 @@ def _circuit_fwd_serial(
         code = layer_codes[k]
         _layer_forward(values, child, offsets, n0, r0, r1, code, aux, arg, state, sums, 0, 0, 1)
     _roots_forward(values, roots, out, 0, 1)
+    return outside
 
 
 @_kernel()
@@ -459,11 +487,15 @@ def _row_split(offsets, first, r0, r1, t, threads):
 @_kernel(parallel=True, nogil=True)
 def _circuit_fwd_parallel(
     values, aux, arg, sums, state, pos, neg, complement, tautology, child, offsets,
-    row_starts, layer_codes, or_code, zero, one, roots, out, chunks, threads, min_work,
+    row_starts, layer_codes, or_code, zero, one, roots, out, check, chunks, threads, min_work,
 ):  # fmt: skip
     """Column chunks (``chunks``: their bounds, when more than one) in parallel, each the
     whole forward; else each layer with ``min_work`` edge x column steps or more split by
-    rows between ``threads`` threads (scratch row ``t`` each)."""
+    rows between ``threads`` threads (scratch row ``t`` each). Returns the count of weights
+    outside their range, as the serial forward."""
+    outside = _weights_outside(pos, neg, complement, check)
+    if outside:
+        return outside
     # Callees get the argument types the serial path gives them (int64, never a literal or
     # prange's unsigned index), so that the parallel path reuses their compilation.
     batch, first, layers, rows = values.shape[1], np.int64(0), layer_codes.size, row_starts[-1]
@@ -476,7 +508,7 @@ def _circuit_fwd_parallel(
                 first, layers, first, rows, c0, c1,
             )  # fmt: skip
             _roots_forward(values, roots, out, c0, c1)
-        return
+        return outside
     _leaves_forward(values, pos, neg, complement, tautology, or_code, zero, one, first, batch)
     n0 = row_starts[1]
     for k in range(layers):
@@ -496,6 +528,7 @@ def _circuit_fwd_parallel(
                 k + 1, lo, hi, first, batch,
             )  # fmt: skip
     _roots_forward(values, roots, out, first, batch)
+    return outside
 
 
 # ---------------------------------------------------------------------------- backward
@@ -821,6 +854,10 @@ class CpuCircuit(NamedTuple):
     widest_block: int  # the most parent edges of one row block (a layer, or the leaves)
     with_aux: bool  # some layer's reduction needs an aux buffer for the backward
     with_arg: bool  # ... an arg buffer
+    #: The forward's arguments that depend on the dtype and on whether ``neg`` is given
+    #: only: ``(complement, tautology, child, ..., zero, one, roots)``, made once per module
+    #: (building them per call is a tenth of a batch-1 forward).
+    forward_constants: dict[tuple[np.dtype, bool], tuple]
 
     @property
     def num_leaves(self) -> int:
@@ -873,6 +910,16 @@ def cpu_circuit(
     edge_starts = arrays["offsets"].astype(np.int64)[starts[1:] - n0]
     parent_starts = arrays["parent_offsets"].astype(np.int64)[starts]
     codes = {_code(reductions[k]) for k in layer_kinds}
+    layer_codes = np.array([_code(reductions[k]) for k in layer_kinds], dtype=np.int64)
+    or_code = _code(reductions["or"])
+    forward_constants = {}
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        for neg_given in (False, True):
+            complement, tautology = _modes(log_space, smooth, or_code, neg_given)
+            forward_constants[dtype, neg_given] = (
+                complement, tautology, arrays["child"], arrays["offsets"], starts, layer_codes,
+                or_code, dtype.type(zero), dtype.type(one), roots,
+            )  # fmt: skip
     return CpuCircuit(
         num_vars=num_vars,
         smooth=smooth,
@@ -880,8 +927,8 @@ def cpu_circuit(
         zero=zero,
         one=one,
         and_code=_code(reductions["and"]),
-        or_code=_code(reductions["or"]),
-        layer_codes=np.array([_code(reductions[k]) for k in layer_kinds], dtype=np.int64),
+        or_code=or_code,
+        layer_codes=layer_codes,
         row_starts=starts,
         roots=roots,
         seed_index=seed_index,
@@ -891,6 +938,7 @@ def cpu_circuit(
         widest_block=int(np.diff(parent_starts).max(initial=0)),
         with_aux=bool(codes & set(_NEEDS_AUX)),
         with_arg=bool(codes & set(_NEEDS_ARG)),
+        forward_constants=forward_constants,
         **{name: arrays[name] for name in _INDEX_NAMES if name != "roots"},
     )
 
@@ -924,43 +972,58 @@ def _plan(batch: int, widest: int) -> tuple[int, np.ndarray | None]:
     return threads, None
 
 
-def _modes(circuit: CpuCircuit, neg_given: bool) -> tuple[int, int]:
+def _modes(log_space: bool, smooth: bool, or_code: int, neg_given: bool) -> tuple[int, int]:
     """How the kernels make the negative literals' rows and the tautologies' (as
     :meth:`trilay.engine.CircuitModule.leaves` does)."""
-    complement = _NEG_GIVEN if neg_given else _LOG1MEXP if circuit.log_space else _ONE_MINUS
-    if not circuit.smooth:
+    complement = _NEG_GIVEN if neg_given else _LOG1MEXP if log_space else _ONE_MINUS
+    if not smooth:
         return complement, _NO_TAUTOLOGY
-    if not neg_given and circuit.or_code in (_SUM, _LSE):
+    if not neg_given and or_code in (_SUM, _LSE):
         return complement, _TAUTOLOGY_ONE  # p + (1 - p) is one by definition, not rounding
     return complement, _TAUTOLOGY_REDUCED
 
 
-def circuit_fwd(pos: np.ndarray, neg: np.ndarray | None, circuit: CpuCircuit, state: bool):
+def circuit_fwd(
+    pos: np.ndarray,
+    neg: np.ndarray | None,
+    circuit: CpuCircuit,
+    state: bool,
+    requirement: str | None = None,
+):
     """Launch the forward: ``(values, aux, arg, out)``: the value buffer ``[num_nodes, B]``,
     the backward's state ``[num_nodes - num_leaves, B]`` (with ``state`` where a reduction
     needs it, else ``[0, B]``) and the roots ``out: [B, num_roots]``, from ``pos`` / ``neg``
-    ``[B, V]`` (C-contiguous float32/float64; ``neg`` ``None``: the semiring's complement)."""
+    ``[B, V]`` (C-contiguous float32/float64; ``neg`` ``None``: the semiring's complement).
+
+    With a ``requirement`` (``"must hold probabilities in [0, 1] ..."``) the weights are
+    checked against the semiring's range (``[-inf, 0]`` in log space, else ``[0, 1]``; NaN
+    passes) in the same call, and :class:`ValueRangeError` names the first that breaks it."""
     batch, dtype = pos.shape[0], pos.dtype
-    n0, num_nodes = circuit.num_leaves, circuit.num_nodes
-    complement, tautology = _modes(circuit, neg is not None)
     threads, chunks = _plan(batch, circuit.widest_layer)
-    values = np.empty((num_nodes, batch), dtype)
+    values = np.empty((circuit.num_nodes, batch), dtype)
     if state:
-        aux = np.empty((num_nodes - n0 if circuit.with_aux else 0, batch), dtype)
-        arg = np.empty((num_nodes - n0 if circuit.with_arg else 0, batch), np.int32)
+        internal = circuit.num_nodes - circuit.num_leaves
+        aux = np.empty((internal if circuit.with_aux else 0, batch), dtype)
+        arg = np.empty((internal if circuit.with_arg else 0, batch), np.int32)
     else:  # scratch rows, one per thread
         aux, arg = np.empty((threads, batch), dtype), np.empty((threads, batch), np.int32)
     sums = np.empty((threads, batch), dtype)
     out = np.empty((batch, circuit.num_roots), dtype)
+    complement, *constants = circuit.forward_constants[dtype, neg is not None]
+    check = _NO_CHECK if requirement is None else _CHECK_LOG if circuit.log_space else _CHECK_PROB
     args = (values, aux, arg, sums, state, pos, pos if neg is None else neg, complement)
-    args += (tautology, circuit.child, circuit.offsets, circuit.row_starts, circuit.layer_codes)
-    args += (circuit.or_code, dtype.type(circuit.zero), dtype.type(circuit.one), circuit.roots)
-    args += (out,)
     if threads == 1:
-        _circuit_fwd_serial(*args)
+        outside = _circuit_fwd_serial(*args, *constants, out, check)
     else:
         no_chunks = _NO_CHUNKS if chunks is None else chunks
-        _circuit_fwd_parallel(*args, no_chunks, threads, ROW_PARALLEL_MIN_WORK)
+        outside = _circuit_fwd_parallel(
+            *args, *constants, out, check, no_chunks, threads, ROW_PARALLEL_MIN_WORK
+        )
+    if outside:
+        for name, x in (("pos", pos), ("neg", neg)):
+            found = None if x is None else x[(x > 0) if check == _CHECK_LOG else (x < 0) | (x > 1)]
+            if found is not None and found.size:
+                raise ValueRangeError.found(name, requirement, found)
     return values, aux, arg, out
 
 
@@ -974,28 +1037,12 @@ _TINY = {
 }
 
 
-@_kernel()
-def _count_outside(values, log_space):
-    count = 0
-    for v in values:
-        count += (v > 0) if log_space else (v < 0 or v > 1)
-    return count
-
-
-def count_outside_range(values: np.ndarray, log_space: bool) -> int:
-    """How many of ``values`` (a float32/float64 array) lie outside the weights' range:
-    ``[-inf, 0]`` with ``log_space``, else ``[0, 1]``. NaN is inside (it propagates). One
-    compiled pass: at batch 1 the module's range check costs a microsecond, not a reduction
-    and two host reads."""
-    return int(_count_outside(values.reshape(-1), log_space))
-
-
 def circuit_bwd(grad_out, pos, neg_given: bool, values, aux, arg, circuit: CpuCircuit):
     """Launch the backward: ``grads: [2, B, V]`` (``[1, B, V]`` without ``neg``), the
     gradients of ``pos`` (and ``neg``) from ``grad_out: [B, num_roots]`` and the forward's
     ``values`` / ``aux`` / ``arg`` (C-contiguous numpy arrays)."""
     batch, dtype = pos.shape[0], pos.dtype
-    complement, tautology = _modes(circuit, neg_given)
+    complement, tautology = _modes(circuit.log_space, circuit.smooth, circuit.or_code, neg_given)
     threads, chunks = _plan(batch, circuit.widest_block)
     grad = np.empty_like(values)
     grads = np.empty((2 if neg_given else 1, batch, circuit.num_vars), dtype)
@@ -1014,12 +1061,15 @@ def circuit_bwd(grad_out, pos, neg_given: bool, values, aux, arg, circuit: CpuCi
 
 # ---------------------------------------------------------------------------- autograd
 def _array(t: torch.Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().contiguous().numpy()
+    if t is None:
+        return None
+    return (t.detach() if t.requires_grad else t).contiguous().numpy()
 
 
-def _forward_tensors(pos, neg, circuit: CpuCircuit, state: bool):
+def _forward_tensors(pos, neg, circuit: CpuCircuit, state: bool, requirement: str | None):
     """:func:`circuit_fwd` on tensors: ``(values, aux, arg, out)`` as tensors."""
-    return tuple(torch.from_numpy(a) for a in circuit_fwd(_array(pos), _array(neg), circuit, state))
+    arrays = circuit_fwd(_array(pos), _array(neg), circuit, state, requirement)
+    return tuple(torch.from_numpy(a) for a in arrays)
 
 
 def _grads(grad_out, pos, neg, state, circuit):
@@ -1041,8 +1091,8 @@ class _EagerCpuFunction(torch.autograd.Function):
     the backward raises, as autograd does."""
 
     @staticmethod
-    def forward(ctx, pos, neg, circuit: CpuCircuit):
-        values, aux, arg, out = circuit_fwd(_array(pos), _array(neg), circuit, True)
+    def forward(ctx, pos, neg, circuit: CpuCircuit, requirement: str | None):
+        values, aux, arg, out = circuit_fwd(_array(pos), _array(neg), circuit, True, requirement)
         ctx.circuit, ctx.state = circuit, (values, aux, arg)
         ctx.save_for_backward(pos, neg)
         return torch.from_numpy(out)
@@ -1051,7 +1101,7 @@ class _EagerCpuFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         pos, neg = ctx.saved_tensors
         grads = _grads(grad_out, pos, neg, ctx.state, ctx.circuit)
-        return grads[0], None if neg is None else grads[1], None
+        return grads[0], None if neg is None else grads[1], None, None
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -1061,21 +1111,22 @@ class _EagerCpuFunction(torch.autograd.Function):
 class CpuCircuitFunction(torch.autograd.Function):
     """The whole circuit as one autograd node under ``torch.func`` transforms.
 
-    ``apply(pos, neg, circuit)`` returns ``(values, aux, arg, roots)``: the forward's buffers
-    are outputs (non-differentiable) rather than ctx attributes so that torch.func sees them;
-    the roots ``[B, num_roots]`` are the one differentiable output. Under ``vmap`` the vmapped
-    dimension joins the batch (one kernel call for the whole vmapped batch), and the backward is
-    itself a vmappable Function (:class:`_CpuCircuitBackward`), so ``vmap(grad(f))`` and
-    ``jacrev`` work. Forward mode (``jvp``) raises :class:`TransformError`.
+    ``apply(pos, neg, circuit, requirement)`` (``requirement``: see :func:`circuit_fwd`)
+    returns ``(values, aux, arg, roots)``: the forward's buffers are outputs
+    (non-differentiable) rather than ctx attributes so that torch.func sees them; the roots
+    ``[B, num_roots]`` are the one differentiable output. Under ``vmap`` the vmapped dimension
+    joins the batch (one kernel call for the whole vmapped batch), and the backward is itself a
+    vmappable Function (:class:`_CpuCircuitBackward`), so ``vmap(grad(f))`` and ``jacrev``
+    work. Forward mode (``jvp``) raises :class:`TransformError`.
     """
 
     @staticmethod
-    def forward(pos, neg, circuit: CpuCircuit):
-        return _forward_tensors(pos, neg, circuit, True)
+    def forward(pos, neg, circuit: CpuCircuit, requirement: str | None):
+        return _forward_tensors(pos, neg, circuit, True, requirement)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pos, neg, circuit = inputs
+        pos, neg, circuit, _ = inputs
         ctx.circuit = circuit
         ctx.mark_non_differentiable(*output[:3])
         ctx.set_materialize_grads(False)
@@ -1084,24 +1135,24 @@ class CpuCircuitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, grad_aux, grad_arg, grad_out):
         if grad_out is None:
-            return None, None, None
+            return None, None, None, None
         pos, neg, *state = ctx.saved_tensors
         grads = _grads(grad_out, pos, neg, state, ctx.circuit)
-        return grads[0], None if neg is None else grads[1], None
+        return grads[0], None if neg is None else grads[1], None, None
 
     @staticmethod
     def jvp(ctx, *tangents):
         raise TransformError(_NO_FORWARD_MODE)
 
     @staticmethod
-    def vmap(info, in_dims, pos, neg, circuit):
+    def vmap(info, in_dims, pos, neg, circuit, requirement):
         if in_dims[0] is None and in_dims[1] is None:
-            return CpuCircuitFunction.apply(pos, neg, circuit), (None,) * 4
+            return CpuCircuitFunction.apply(pos, neg, circuit, requirement), (None,) * 4
         width = info.batch_size
         pos_b, neg_b = (
             _fold_rows(t, d, width) for t, d in zip((pos, neg), in_dims[:2], strict=True)
         )
-        values, aux, arg, out = CpuCircuitFunction.apply(pos_b, neg_b, circuit)
+        values, aux, arg, out = CpuCircuitFunction.apply(pos_b, neg_b, circuit, requirement)
         state = tuple(_unfold_columns(t, width) for t in (values, aux, arg))
         return (*state, _unfold_rows(out, width)), (1, 1, 1, 0)
 
@@ -1188,19 +1239,24 @@ def forward_mode_active(*tensors: torch.Tensor | None) -> bool:
 
 
 def circuit_forward_cpu(
-    pos: torch.Tensor, neg: torch.Tensor | None, circuit: CpuCircuit
+    pos: torch.Tensor,
+    neg: torch.Tensor | None,
+    circuit: CpuCircuit,
+    requirement: str | None = None,
 ) -> torch.Tensor:
     """The whole circuit with the CPU kernels: literal weights ``pos`` (and ``neg``, else the
     semiring's complement of ``pos``) ``[B, V]`` float32/float64 CPU tensors -> the roots
     ``[B, num_roots]``, differentiable once (reverse mode) and composable with ``torch.func``
     (``vmap``, ``grad``, ``vmap(grad)``, ``jacrev``). With no gradient to prepare it keeps no
-    backward state.
+    backward state. With a ``requirement`` the weights are checked against the semiring's
+    range (:func:`circuit_fwd`).
 
     Raises :class:`TransformError` where forward-mode AD reaches it or its gradient is
     differentiated again (the PyTorch path, ``backend="torch"``, serves both).
     """
     if not (needs_grad(pos) or (neg is not None and needs_grad(neg))):
-        return torch.from_numpy(circuit_fwd(_array(pos), _array(neg), circuit, False)[-1])
+        out = circuit_fwd(_array(pos), _array(neg), circuit, False, requirement)[-1]
+        return torch.from_numpy(out)
     if torch._C._are_functorch_transforms_active():
-        return CpuCircuitFunction.apply(pos, neg, circuit)[-1]
-    return super(torch.autograd.Function, _EagerCpuFunction).apply(pos, neg, circuit)
+        return CpuCircuitFunction.apply(pos, neg, circuit, requirement)[-1]
+    return super(torch.autograd.Function, _EagerCpuFunction).apply(pos, neg, circuit, requirement)

@@ -49,6 +49,22 @@ class TransformError(TrilayError, NotImplementedError):
     a derivative); the message names the backend that does."""
 
 
+class ValueRangeError(TrilayError, ValueError):
+    """A tensor holds values outside the range its meaning allows (probabilities or truth
+    values outside ``[0, 1]``, NaN among them); the message names the range and what was
+    found."""
+
+    @classmethod
+    def found(cls, name: str, requirement: str, outside) -> ValueRangeError:
+        """The error for the values ``outside`` (a 1-D tensor or array, not empty) of the
+        weights ``name`` that break ``requirement`` (``"must hold ..."``)."""
+        count = len(outside)
+        return cls(
+            f"{name} {requirement}; got {count} value{'s' * (count != 1)} in "
+            f"[{float(outside.min()):.6g}, {float(outside.max()):.6g}]"
+        )
+
+
 class MemoryBudgetError(TrilayError, MemoryError):
     """An evaluation would need more memory than the user's budget allows."""
 
@@ -70,4 +86,5 @@ __all__ = [
     "ParseError",
     "MemoryBudgetError",
     "TransformError",
+    "ValueRangeError",
 ]

@@ -257,13 +257,18 @@ def test_an_infinite_memory_budget_is_no_limit(compiled):
         ("godel", 2.0, "torch"),
         ("log", math.log(2.5), "torch"),  # probabilities passed as log-probabilities
         ("mpe_log", 0.1, "triton"),
+        # the numba kernels check the weights in their forward's own pass
+        ("real", -0.5, "numba"),
+        ("godel", 2.0, "numba"),
+        ("log", math.log(2.5), "numba"),
+        ("mpe_log", 0.1, "numba"),
     ],
 )
 def test_weights_outside_the_semiring_range_are_refused(compiled, semiring, value, backend):
     """A typed error names the range and the values found, for pos and for neg, before any
     layer runs; validate=False lets unnormalized weights through; NaN propagates."""
     log = semiring in ("log", "mpe_log")
-    device = "cpu" if backend == "torch" else TRITON_DEVICE
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
     module = compiled.to(device).module(semiring, backend=backend)
     good = random_weights(2, 6, 1, extremes=False)
     good = (good.log() if log else good).to(device)
@@ -289,12 +294,16 @@ def test_weights_outside_the_semiring_range_are_refused(compiled, semiring, valu
             module(nan)
 
 
-def test_range_check_under_vmap_and_compile(compiled):
+def test_range_check_under_vmap_grad_and_compile(compiled):
     module = compiled.module("real")
     bad = random_weights(3, 6, 2, extremes=False)
     bad[2, 0] = 1.5
-    with pytest.raises(ValueRangeError):
+    with pytest.raises(ValueRangeError, match="pos must hold"):
         torch.func.vmap(module)(bad)
+    with pytest.raises(ValueRangeError, match="pos must hold"):
+        torch.func.grad(lambda x: module(x).sum())(bad)
+    with pytest.raises(ValueRangeError, match="1 value in"):
+        module(bad.requires_grad_())
     with pytest.raises(RuntimeError, match=r"probabilities in \[0, 1\]"):
         torch.compile(module, fullgraph=True, backend="eager")(bad)
 

@@ -11,8 +11,10 @@ Each case runs in a process of its own (its peak memory is its own) after a warm
   compiled by PySDD on a balanced vtree, beside PySDD's own compile time in the same process.
 
 Per case: IR nodes and edges, layered nodes (internal: without the leaf rows), edges and
-layers, the compile time, and the process's peak resident memory above what it held before
-compiling. Results: a table on stdout and ``compile-scale-<date>.json`` under ``--output``
+layers, the compile time, and the peak resident memory above what the process held when
+compiling began (the kernel's high-water mark reset there: an earlier step's peak is not
+counted); for ``3cnf-N`` also ``add_sdd``'s time and peak (PySDD's save and trilay's
+reading). Results: a table on stdout and ``compile-scale-<date>.json`` under ``--output``
 (default ``benchmarks/results``).
 """
 
@@ -29,16 +31,24 @@ import time
 CASES = ("or-100000", "and-100000", "chain-4000", "chain-200000", "3cnf-60")
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[2])
 from trilay.engine import Circuit
 
-def rss_mb():
+def status_mb(field):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
-    return 0.0
+
+
+# Reset the peak (VmHWM) to the current resident set, so that the next step's peak is its own,
+# not an earlier step's (PySDD's, reading the SDD); returns the resident MB now.
+def start_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_mb("VmRSS")
+
 
 kind, size = sys.argv[1].rsplit("-", 1)
 size = int(size)
@@ -63,16 +73,20 @@ else:
     t = time.perf_counter()
     manager, root = compile_3cnf(size)
     extra["pysdd_compile_s"] = time.perf_counter() - t
+    before = start_peak()
+    t = time.perf_counter()
     c.add_sdd(root)
+    extra["read_s"] = time.perf_counter() - t
+    extra["read_peak_mb_over_start"] = status_mb("VmHWM") - before
     del manager, root
 ir_internal = sum(1 for i in range(c.num_nodes) if c.kind(i) >= 3) if c.num_nodes < 10**6 else None
 rows = []
 for smooth in ([True] if kind in ("or", "and") else [False, True]):
-    before = rss_mb()
+    before = start_peak()
     t = time.perf_counter()
     compiled = c.compile(smooth=smooth)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")
     rows.append(dict(
         case=sys.argv[1], smooth=smooth, ir_nodes=c.num_nodes, ir_edges=c.num_edges,
         ir_internal=ir_internal, nodes=compiled.num_nodes,
@@ -116,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
             if "error" in row:
                 print(f"| {case} | error: {row['error']} |", flush=True)
                 continue
-            pysdd = f" (PySDD {row['pysdd_compile_s']:.1f} s)" if "pysdd_compile_s" in row else ""
+            pysdd = ""
+            if "pysdd_compile_s" in row:
+                pysdd = (
+                    f" (PySDD {row['pysdd_compile_s']:.1f} s; add_sdd {row['read_s']:.1f} s, "
+                    f"{row['read_peak_mb_over_start']:,.0f} MB)"
+                )
             print(
                 f"| {case} | {row['smooth']} | {row['ir_nodes']:,} | {row['internal']:,} | "
                 f"{row['edges']:,} | {row['layers']:,} | {row['compile_s']:.2f} s{pysdd} | "

@@ -12,7 +12,7 @@ import torch
 from conftest import DATA, brute_force, models_of_cnf, random_cnf, random_weights
 from test_kernels import hub_circuit, random_dag
 from trilay.engine import Circuit
-from trilay.engine.errors import DeviceError, MemoryBudgetError, TransformError
+from trilay.engine.errors import DeviceError, MemoryBudgetError, TransformError, ValueRangeError
 from trilay.kernels import cpu
 
 SEMIRINGS = ["real", "log", "mpe", "mpe_log", "godel"]
@@ -355,6 +355,36 @@ def test_threads_give_the_same_bits(semiring, batch, monkeypatch):
     for out, (g,) in results[1:]:
         torch.testing.assert_close(out, results[0][0], rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(g, results[0][1][0], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_range_check_on_every_plan(log, monkeypatch):
+    """The kernels' own range check (serial, column chunks, rows split) refuses one weight out
+    of range in any column, names ``pos`` or ``neg`` and the value, and lets NaN through."""
+    compiled = random_dag(seed=3, nodes=40, sharing=0.5).compile(smooth=False)
+    module = compiled.module("log" if log else "real", backend="numba")
+    good = random_weights(129, compiled.num_vars, 4, dtype=torch.float64, extremes=False)
+    good = good.log() if log else good
+    before = torch.get_num_threads()
+    try:
+        for threads, chunk, min_work in ((1, 16, 1 << 15), (2, 2, 1 << 15), (2, 1 << 20, 0)):
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(cpu, "CHUNK_COLUMNS", chunk)
+            monkeypatch.setattr(cpu, "ROW_PARALLEL_MIN_WORK", min_work)
+            for column in (0, 128):
+                bad = good.clone()
+                bad[column, -1] = 0.5 if log else 1.25
+                with pytest.raises(
+                    ValueRangeError, match=r"pos must hold.*1 value in \[(0.5|1.25),"
+                ):
+                    module(bad)
+                with pytest.raises(ValueRangeError, match=r"neg must hold"):
+                    module(good, bad)
+            nan = good.clone()
+            nan[128, 0] = float("nan")
+            assert module(nan)[128].isnan().any() and not module(nan)[:128].isnan().any()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_parallel_plans():

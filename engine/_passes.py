@@ -328,8 +328,9 @@ def build_dag(
                 )
                 if nm:
                     kids[j], state = _smoothed(
-                        kids[j], m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
-                    )
+                        kids[j], m_lo, m_hi, nm, u_lo, u_hi, count, state, gadget, seg_size,
+                        var_at, num_vars,
+                    )  # fmt: skip
             dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
         # Interning inline (not through the state tuple): it runs once per node.
         size = sizes[0]
@@ -338,7 +339,12 @@ def build_dag(
                 (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes), kept
             )
         canon[node] = _find_or_add(k, kids, kept, dkind, dstart, dkids, table, sizes)
-        if smooth and canon[node] == size:
+        if smooth and canon[node] == size and k == OR:
+            # every child now has the set U (the union): so has the OR
+            dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _store_set(
+                size, u_lo, u_hi, count, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+            )
+        elif smooth and canon[node] == size:
             total = 0
             for j in range(kept):
                 total += vstart[kids[j] + 1] - vstart[kids[j]]
@@ -367,18 +373,20 @@ def build_dag(
             )
             if nm:
                 root_ids[i], state = _smoothed(
-                    root_ids[i], m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
-                )
+                    root_ids[i], m_lo, m_hi, nm, all_lo, all_hi, 1, state, gadget, seg_size,
+                    var_at, num_vars,
+                )  # fmt: skip
     size = state[7][0]
     dstart = state[1]
     return state[0][:size], dstart[: size + 1], state[2][: dstart[size]], root_ids
 
 
 @njit(cache=True)
-def _smoothed(c, m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars):
+def _smoothed(c, m_lo, m_hi, nm, u_lo, u_hi, nu, state, gadget, seg_size, var_at, num_vars):
     """``AND(c, T)``, ``T`` the tautologies of the positions ``m``: ``c``'s own children are
     spliced in when it is an AND (an AND directly under an AND would cost a layer); ``c`` true
-    contributes nothing. Returns ``(node, state)``.
+    contributes nothing. ``u`` is the set ``c`` and ``m`` make together (the node's, known
+    without reading its children's). Returns ``(node, state)``.
 
     ``T`` is whichever is cheaper of: the canonical nodes of the segment tree over positions
     covering ``m`` (a single position is its tautology leaf, a wider node a shared gadget, the
@@ -418,7 +426,7 @@ def _smoothed(c, m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars):
         if width_total == 1:
             heap[0] = leaves[0]
         else:
-            heap[0], state = _intern(AND, leaves, width_total, state, True)
+            heap[0], state = _intern(AND, leaves, width_total, m_lo, m_hi, nm, state)
     else:
         for p in range(n_pieces):
             h = heap[p]
@@ -433,7 +441,9 @@ def _smoothed(c, m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars):
                 leaves = np.empty(width, np.int64)
                 for j in range(width):
                     leaves[j] = 2 * num_vars + 1 + var_at[first - seg_size + j]
-                gadget[h], state = _intern(AND, leaves, width, state, True)
+                span_lo = np.full(1, first - seg_size, np.int64)
+                span_hi = np.full(1, first - seg_size + width - 1, np.int64)
+                gadget[h], state = _intern(AND, leaves, width, span_lo, span_hi, 1, state)
             heap[p] = gadget[h]
     dkind, dstart, dkids = state[0], state[1], state[2]
     own = 0
@@ -447,10 +457,10 @@ def _smoothed(c, m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars):
     kids[own:] = heap[:n_pieces]
     if own + n_pieces == 1:
         return kids[0], state
-    return _intern(AND, kids, own + n_pieces, state, True)
+    return _intern(AND, kids, own + n_pieces, u_lo, u_hi, nu, state)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _with_room(state, n):
     """``state`` with room for one more node of ``n`` children (arrays grown, the hash table
     rehashed at half load)."""
@@ -537,17 +547,34 @@ def _record_set(node, state):
     return dkind, dstart, dkids, table, vstart, vlo, vhi, sizes
 
 
-@njit(cache=True)
-def _intern(k, kids, n, state, with_sets):
+@njit(cache=True, inline="always")
+def _intern(k, kids, n, set_lo, set_hi, set_count, state):
     """The node ``(k, sorted kids[:n])`` (``kids[:n]`` is sorted in place): an existing equal
-    node, or a new one (whose variable set is the union of its children's when
-    ``with_sets``). Returns ``(node, state)``."""
+    node, or a new one whose variable set is ``set_lo/hi[:set_count]`` (the caller knows it:
+    merging the children's sets would read each child's). Returns ``(node, state)``.
+    Inlined, as :func:`_with_room` and :func:`_store_set`: passing the state tuple between
+    compiled functions costs more than the rest of a smoothed edge."""
     state = _with_room(state, n)
     size = state[7][0]
     node = _find_or_add(k, kids, n, state[0], state[1], state[2], state[3], state[7])
-    if with_sets and node == size:
-        state = _record_set(node, state)
+    if node == size:
+        state = _store_set(node, set_lo, set_hi, set_count, state)
     return node, state
+
+
+@njit(cache=True, inline="always")
+def _store_set(node, set_lo, set_hi, set_count, state):
+    """Store ``set_lo/hi[:set_count]`` as the new node's variable set."""
+    dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
+    vstart = _grow(vstart, node + 2)
+    nv = sizes[1]
+    vlo = _grow(vlo, nv + set_count)
+    vhi = _grow(vhi, nv + set_count)
+    vlo[nv : nv + set_count] = set_lo[:set_count]
+    vhi[nv : nv + set_count] = set_hi[:set_count]
+    sizes[1] = nv + set_count
+    vstart[node + 1] = nv + set_count
+    return dkind, dstart, dkids, table, vstart, vlo, vhi, sizes
 
 
 @njit(cache=True)

@@ -330,6 +330,26 @@ def layer_invariants(compiled):
     assert all(0 <= r < compiled.num_nodes for r in compiled.roots.tolist())
 
 
+def smoothness_invariants(compiled):
+    """A smoothed circuit's contract, from each row's variables computed here bottom up: every
+    OR's children mention the same variables, every AND's children disjoint ones (smoothing
+    kept the circuit decomposable), and every non-false root all the free variables."""
+    v, n0 = compiled.num_vars, compiled.num_leaves
+    leaf_vars = [frozenset(), frozenset()] + [frozenset({(r - 2) % v + 1}) for r in range(2, n0)]
+    variables = leaf_vars + [None] * (compiled.num_nodes - n0)
+    for row, (kind, kids) in enumerate(compiled_nodes(compiled), start=n0):
+        sets = [variables[c] for c in kids]
+        union = frozenset().union(*sets)
+        if kind == "or":
+            assert all(s == union for s in sets), f"OR row {row} is not smooth"
+        else:
+            assert sum(map(len, sets)) == len(union), f"AND row {row} is not decomposable"
+        variables[row] = union
+    free = frozenset(range(1, v + 1)) - set(compiled.fixed)
+    for root in compiled.roots.tolist():
+        assert root == 0 or variables[root] == free, f"root row {root} misses variables"
+
+
 @pytest.mark.parametrize("name", ["sudoku_4", "4-grid", "road_r"])
 @pytest.mark.parametrize("smooth", [True, False])
 def test_layer_invariants_on_real_circuits(name, smooth, data_dir):
@@ -337,7 +357,10 @@ def test_layer_invariants_on_real_circuits(name, smooth, data_dir):
     c.add_sdd_file(data_dir / f"{name}.sdd", data_dir / f"{name}.vtree")
     c.add_sdd_file(data_dir / f"{name}.sdd", data_dir / f"{name}.vtree")
     c.add_root(c.literal(1))
-    layer_invariants(c.compile(smooth=smooth))
+    compiled = c.compile(smooth=smooth)
+    layer_invariants(compiled)
+    if smooth:
+        smoothness_invariants(compiled)
 
 
 def test_layer_invariants_small():
@@ -347,7 +370,9 @@ def test_layer_invariants_small():
         c.add_cnf(clauses)
         c.add_root(c.true())
         c.add_root(c.literal(-1))
-        layer_invariants(c.compile())
+        compiled = c.compile()
+        layer_invariants(compiled)
+        smoothness_invariants(compiled)
 
 
 def test_circuit_errors():
@@ -471,6 +496,9 @@ def test_deep_chain_layers_linearly(depth):
     O(log D) edges a level; values against brute force where it is feasible."""
     c = chain_circuit(depth)
     plain, smoothed = c.compile(smooth=False), c.compile()
+    if depth <= 1000:
+        smoothness_invariants(smoothed)
+        smoothness_invariants(c.compile(fixed={2: True, depth // 2: False}))
     assert plain.num_nodes - plain.num_leaves == internal_ir_nodes(c) == 2 * (depth - 1)
     assert plain.num_layers == 2 * (depth - 1)
     assert smoothed.num_edges <= 4 * depth * max(1, int(np.log2(depth)))
@@ -496,6 +524,7 @@ def test_smoothing_a_wide_or_costs_n_log_n_edges(n):
     compiled = c.compile()
     assert compiled.num_edges <= 4 * n * max(1, int(np.log2(n))) + 4 * n
     if n <= 1000:
+        smoothness_invariants(compiled)
         p = random_weights(2, n, 6, extremes=False)
         neg = random_weights(2, n, 7, extremes=False)
         tautology = p + neg

@@ -65,6 +65,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         ddp(features[rank * half : (rank + 1) * half]).backward()  # DDP averages over ranks
         grads = {name: p.grad for name, p in ddp.module.named_parameters()}
         torch.save(grads, os.path.join(out_dir, f"rank{rank}.pt"))
+        # DDP's reducer holds the process group: free it, and tear the group down, while the
+        # other rank is still alive (a rank whose DDP outlived destroy_process_group hung in
+        # the group's destructor at the function's return, its peer gone, in a CI run).
+        del ddp, model
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

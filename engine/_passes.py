@@ -344,7 +344,7 @@ def build_dag(
             dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _store_set(
                 size, u_lo, u_hi, count, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
             )
-        elif smooth and canon[node] == size:
+        elif smooth and canon[node] == size:  # a new AND: its children's sets merged
             total = 0
             for j in range(kept):
                 total += vstart[kids[j] + 1] - vstart[kids[j]]

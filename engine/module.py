@@ -14,6 +14,7 @@ from trilay.kernels.reference import (
     TorchLayer,
     circuit_forward_torch,
     needs_grad,
+    outside_weight_range,
     segment_reduce_torch,
 )
 
@@ -477,13 +478,11 @@ class CircuitModule(torch.nn.Module):
         """Refuse weights outside the semiring's range (see the class docstring)."""
         log = self.semiring.log_space
         if not x.is_cpu or torch.compiler.is_compiling():
-            inside = (x <= 0) if log else ((x >= 0) & (x <= 1))
             message = f"{name} {self._range_requirement}"
-            torch._assert_async((inside | torch.isnan(x)).all(), message)
+            torch._assert_async((~outside_weight_range(x, log)).all(), message)
             return
         plain = _unwrapped(x).detach()
-        # NaN passes: it is neither below nor above anything.
-        outside = plain > 0 if log else (plain < 0) | (plain > 1)
+        outside = outside_weight_range(plain, log)
         if bool(outside.any()):
             raise ValueRangeError.found(name, self._range_requirement, plain[outside].double())
 

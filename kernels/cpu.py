@@ -49,7 +49,7 @@ from numba.extending import intrinsic, overload
 from torch.autograd import forward_ad
 
 from .errors import SemiringError, TransformError, ValueRangeError
-from .reference import REDUCTIONS, needs_grad
+from .reference import REDUCTIONS, needs_grad, outside_weight_range
 
 
 def _kernel(**options):
@@ -1021,7 +1021,7 @@ def circuit_fwd(
         )
     if outside:
         for name, x in (("pos", pos), ("neg", neg)):
-            found = None if x is None else x[(x > 0) if check == _CHECK_LOG else (x < 0) | (x > 1)]
+            found = None if x is None else x[outside_weight_range(x, circuit.log_space)]
             if found is not None and found.size:
                 raise ValueRangeError.found(name, requirement, found)
     return values, aux, arg, out

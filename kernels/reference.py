@@ -70,6 +70,13 @@ def jvp_in_subclass(function: type[torch.autograd.Function]):
     return function
 
 
+def outside_weight_range(x, log_space: bool):
+    """Mask of the literal weights ``x`` (a tensor or a numpy array) outside their range:
+    ``[-inf, 0]`` with ``log_space``, else ``[0, 1]``. NaN is inside: it compares false with
+    every bound and propagates through the circuit instead."""
+    return x > 0 if log_space else (x < 0) | (x > 1)
+
+
 def needs_grad(t: torch.Tensor) -> bool:
     """Whether a derivative may run through ``t``: it requires grad, or a ``torch.func``
     transform is active (a vmapped tensor reports ``requires_grad=False`` even when the tensor

@@ -5,6 +5,7 @@ PyTorch path (``backend="torch"``), autograd of the brute-force oracle and ``gra
 from __future__ import annotations
 
 import math
+from contextlib import closing
 
 import numba
 import pytest
@@ -318,6 +319,21 @@ def test_repeated_roots_and_roots_that_are_leaves():
 
 
 # ---------------------------------------------------------------------------- threads
+def each_plan(monkeypatch):
+    """Iterate under each parallel plan (close it to restore the thread count): one thread;
+    two threads splitting the batch into column chunks (2 columns); two threads splitting each
+    layer's rows."""
+    before = torch.get_num_threads()
+    try:
+        for threads, chunk, min_work in ((1, 16, 1 << 15), (2, 2, 1 << 15), (2, 1 << 20, 0)):
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(cpu, "CHUNK_COLUMNS", chunk)
+            monkeypatch.setattr(cpu, "ROW_PARALLEL_MIN_WORK", min_work)
+            yield threads
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("semiring", ["real", "log", "mpe", "godel", *FUZZY[1:]])
 @pytest.mark.parametrize("batch", [1, 7, 129])
 def test_threads_give_the_same_bits(semiring, batch, monkeypatch):
@@ -340,16 +356,8 @@ def test_threads_give_the_same_bits(semiring, batch, monkeypatch):
     x = x.log() if semiring == "log" else x
     weight = torch.rand(batch, compiled.num_roots)
     module = compiled.module(semiring, backend="numba")
-    results = []
-    before = torch.get_num_threads()
-    try:
-        for threads, chunk, min_work in ((1, 16, 1 << 15), (2, 2, 1 << 15), (2, 1 << 20, 0)):
-            torch.set_num_threads(threads)
-            monkeypatch.setattr(cpu, "CHUNK_COLUMNS", chunk)
-            monkeypatch.setattr(cpu, "ROW_PARALLEL_MIN_WORK", min_work)
-            results.append(grads_of(module, x, weight=weight))
-    finally:
-        torch.set_num_threads(before)
+    with closing(each_plan(monkeypatch)) as plans:  # the thread count restored on failure too
+        results = [grads_of(module, x, weight=weight) for _ in plans]
     # Serial, then (batch > 1) chunks for forward and backward, then rows split for both.
     assert parallel == ([] if batch == 1 else [True, True]) + [False, False]
     for out, (g,) in results[1:]:
@@ -365,26 +373,19 @@ def test_range_check_on_every_plan(log, monkeypatch):
     module = compiled.module("log" if log else "real", backend="numba")
     good = random_weights(129, compiled.num_vars, 4, dtype=torch.float64, extremes=False)
     good = good.log() if log else good
-    before = torch.get_num_threads()
-    try:
-        for threads, chunk, min_work in ((1, 16, 1 << 15), (2, 2, 1 << 15), (2, 1 << 20, 0)):
-            torch.set_num_threads(threads)
-            monkeypatch.setattr(cpu, "CHUNK_COLUMNS", chunk)
-            monkeypatch.setattr(cpu, "ROW_PARALLEL_MIN_WORK", min_work)
+    with closing(each_plan(monkeypatch)) as plans:
+        for _ in plans:
             for column in (0, 128):
                 bad = good.clone()
                 bad[column, -1] = 0.5 if log else 1.25
-                with pytest.raises(
-                    ValueRangeError, match=r"pos must hold.*1 value in \[(0.5|1.25),"
-                ):
+                match = r"pos must hold.*1 value in \[(0.5|1.25),"
+                with pytest.raises(ValueRangeError, match=match):
                     module(bad)
                 with pytest.raises(ValueRangeError, match=r"neg must hold"):
                     module(good, bad)
             nan = good.clone()
             nan[128, 0] = float("nan")
             assert module(nan)[128].isnan().any() and not module(nan)[:128].isnan().any()
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_parallel_plans():

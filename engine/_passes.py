@@ -179,7 +179,7 @@ def _union(idx, k, vstart, vlo, vhi, scratch_lo, scratch_hi):
     return _union_into(idx, k, vstart, vlo, vhi, scratch_lo, scratch_hi), scratch_lo, scratch_hi
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _difference(a_lo, a_hi, na, node, vstart, vlo, vhi, out_lo, out_hi):
     """The intervals of ``a[:na]`` minus ``node``'s set (a subset of ``a``) into ``out``;
     returns ``(count, out_lo, out_hi)``."""
@@ -381,7 +381,7 @@ def build_dag(
     return state[0][:size], dstart[: size + 1], state[2][: dstart[size]], root_ids
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _smoothed(c, m_lo, m_hi, nm, u_lo, u_hi, nu, state, gadget, seg_size, var_at, num_vars):
     """``AND(c, T)``, ``T`` the tautologies of the positions ``m``: ``c``'s own children are
     spliced in when it is an AND (an AND directly under an AND would cost a layer); ``c`` true
@@ -619,9 +619,11 @@ def layer_of(dkind, dstart, dkids, size, num_leaves, alive):
 @njit(cache=True)
 def assign_rows(dstart, dkids, layer, num_leaves, num_layers):
     """Rows of the live internal nodes: layer by layer, and within a layer ordered by their
-    lowest child's row (neighbours then read neighbouring rows). Returns ``(row, node_at,
-    row_start)``: ``row[node]`` (``-1`` for dead nodes), the node of each row, and each
-    layer's first row (``row_start[k]`` for ``k`` in ``0..num_layers + 1``)."""
+    lowest child's row (neighbours then read neighbouring rows; ties in node order). Returns
+    ``(row, node_at, row_start, kid_row)``: ``row[node]`` (``-1`` for dead nodes), the node of
+    each row, each layer's first row (``row_start[k]`` for ``k`` in ``0..num_layers + 1``) and
+    the row of each live node's children (``kid_row[e]`` for ``dkids[e]``: read once here, as
+    each layer's order needs them, for :func:`row_csr`)."""
     size = layer.size
     counts = np.zeros(num_layers + 2, np.int64)
     for node in range(size):
@@ -634,70 +636,94 @@ def assign_rows(dstart, dkids, layer, num_leaves, num_layers):
         if layer[node] >= 0:
             by_layer[fill[layer[node]]] = node
             fill[layer[node]] += 1
-    row = np.full(size, -1, np.int64)
+    row = np.full(size, -1, np.int32)
     node_at = np.empty(row_start[-1], np.int64)
+    kid_row = np.empty(dkids.size, np.int32)
     for leaf in range(num_leaves):
         row[leaf] = leaf
         node_at[leaf] = leaf
+    rank = np.zeros(0, np.int64)
     for k in range(1, num_layers + 1):
         lo, hi = row_start[k], row_start[k + 1]
         key = np.empty(hi - lo, np.int64)
         for i in range(lo, hi):
             node = by_layer[i]
-            best = size
+            best = lo
             for e in range(dstart[node], dstart[node + 1]):
                 r = row[dkids[e]]
+                kid_row[e] = r
                 if r < best:
                     best = r
             key[i - lo] = best
-        order = np.argsort(key, kind="mergesort")
-        for j in range(hi - lo):
-            node = by_layer[lo + order[j]]
-            row[node] = lo + j
-            node_at[lo + j] = node
-    return row, node_at, row_start
+        if lo <= 8 * (hi - lo):  # keys in 0..lo, few enough for a counting sort (linear)
+            rank = _grow(rank, lo + 2)
+            rank[: lo + 2] = 0
+            for i in range(hi - lo):
+                rank[key[i] + 1] += 1
+            for r in range(lo + 1):
+                rank[r + 1] += rank[r]
+            for i in range(hi - lo):
+                node = by_layer[lo + i]
+                row[node] = lo + rank[key[i]]
+                node_at[lo + rank[key[i]]] = node
+                rank[key[i]] += 1
+        else:
+            order = np.argsort(key, kind="mergesort")
+            for j in range(hi - lo):
+                node = by_layer[lo + order[j]]
+                row[node] = lo + j
+                node_at[lo + j] = node
+    return row, node_at, row_start, kid_row
 
 
 @njit(cache=True)
-def row_csr(dstart, dkids, row, node_at, num_leaves):
-    """``(child, offsets)``: the internal rows' children as rows, ascending within a node,
-    edges in row order."""
+def row_csr(dstart, kid_row, node_at, num_leaves):
+    """``(child, offsets)`` (int32): the internal rows' children as rows, ascending within a
+    node, edges in row order (``kid_row`` from :func:`assign_rows`)."""
     num_rows = node_at.size
-    offsets = np.zeros(num_rows - num_leaves + 1, np.int64)
+    offsets = np.zeros(num_rows - num_leaves + 1, np.int32)
     for r in range(num_leaves, num_rows):
         node = node_at[r]
         offsets[r - num_leaves + 1] = offsets[r - num_leaves] + dstart[node + 1] - dstart[node]
-    child = np.empty(offsets[-1], np.int64)
+    child = np.empty(offsets[-1], np.int32)
     for r in range(num_leaves, num_rows):
         node = node_at[r]
         at = offsets[r - num_leaves]
         n = dstart[node + 1] - dstart[node]
-        for j in range(n):
-            child[at + j] = row[dkids[dstart[node] + j]]
+        child[at : at + n] = kid_row[dstart[node] : dstart[node + 1]]
         _sort_small(child[at : at + n])
     return child, offsets
 
 
 @njit(cache=True)
-def transposed_csr(child, parent_is_or, num_rows):
-    """The transposed CSR of the edges ``e -> child[e]`` by a counting sort (linear):
-    ``(parent_offsets, parent_split, order)``: row ``c``'s edges are
-    ``order[parent_offsets[c]:parent_offsets[c+1]]``, those whose parent is an AND first (up
-    to ``parent_split[c]``), each part in ascending edge order."""
-    counts = np.zeros(2 * num_rows + 1, np.int64)
-    for e in range(child.size):
-        counts[2 * child[e] + parent_is_or[e] + 1] += 1
-    starts = np.cumsum(counts)  # starts[2c] .. AND part, starts[2c+1] .. OR part
-    parent_offsets = np.empty(num_rows + 1, np.int64)
-    parent_split = np.empty(num_rows, np.int64)
+def transposed_csr(child, offsets, row_is_or, num_leaves):
+    """The transposed CSR of the edges ``e`` (parent row ``r`` -> ``child[e]``, ``e`` in
+    ``offsets[r - num_leaves]:offsets[r - num_leaves + 1]``) by a counting sort (linear), int32:
+    ``(parent_offsets, parent_split, parent, parent_edge)``: row ``c``'s parent edges are
+    ``parent_offsets[c]:parent_offsets[c+1]``, those whose parent is an AND first (up to
+    ``parent_split[c]``), each part in ascending edge order; ``parent`` their parent rows and
+    ``parent_edge`` their edge ids."""
+    num_rows = row_is_or.size
+    fill = np.zeros(2 * num_rows + 1, np.int32)  # fill[2c] .. AND part, fill[2c+1] .. OR part
+    for r in range(num_leaves, num_rows):
+        side = 1 if row_is_or[r] else 0
+        for e in range(offsets[r - num_leaves], offsets[r - num_leaves + 1]):
+            fill[2 * child[e] + side + 1] += 1
+    for i in range(2 * num_rows):
+        fill[i + 1] += fill[i]
+    parent_offsets = np.empty(num_rows + 1, np.int32)
+    parent_split = np.empty(num_rows, np.int32)
     for c in range(num_rows):
-        parent_offsets[c] = starts[2 * c]
-        parent_split[c] = starts[2 * c + 1]
-    parent_offsets[num_rows] = starts[2 * num_rows]
-    fill = starts[:-1].copy()
-    order = np.empty(child.size, np.int64)
-    for e in range(child.size):
-        key = 2 * child[e] + parent_is_or[e]
-        order[fill[key]] = e
-        fill[key] += 1
-    return parent_offsets, parent_split, order
+        parent_offsets[c] = fill[2 * c]
+        parent_split[c] = fill[2 * c + 1]
+    parent_offsets[num_rows] = fill[2 * num_rows]
+    parent = np.empty(child.size, np.int32)
+    parent_edge = np.empty(child.size, np.int32)
+    for r in range(num_leaves, num_rows):
+        side = 1 if row_is_or[r] else 0
+        for e in range(offsets[r - num_leaves], offsets[r - num_leaves + 1]):
+            slot = fill[2 * child[e] + side]
+            fill[2 * child[e] + side] = slot + 1
+            parent[slot] = r
+            parent_edge[slot] = e
+    return parent_offsets, parent_split, parent, parent_edge

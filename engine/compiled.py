@@ -133,9 +133,9 @@ class CompiledCircuit:
         self.child = child
         self.offsets = offsets
         self.roots = roots
-        off = offsets.cpu().numpy().astype(np.int64)
+        off = offsets.cpu().numpy()
         self.edge_starts = [0] + [int(off[r - self.num_leaves]) for r in self.row_starts[1:]]
-        self._derive(child.cpu().numpy().astype(np.int64), off)
+        self._derive(child.cpu().numpy(), off)
 
     @property
     def num_leaves(self) -> int:
@@ -171,18 +171,17 @@ class CompiledCircuit:
 
     def _derive(self, child: np.ndarray, offsets: np.ndarray) -> None:
         """The transposed CSR and the hub plans, from ``child`` and ``offsets``."""
-        n, n0 = self.num_nodes, self.num_leaves
+        n0 = self.num_leaves
         device = self.device
-        fan_in = np.diff(offsets)
-        edge_parent = np.repeat(np.arange(n0, n, dtype=np.int64), fan_in)
-        row_layer = np.repeat(np.arange(len(self.row_starts) - 1), np.diff(self.row_starts))
-        is_or = np.array([False] + [k == "or" for k in self.layer_kinds])[row_layer]
-        parent_is_or = is_or[edge_parent].astype(np.int64)
-        parent_offsets, parent_split, order = transposed_csr(child, parent_is_or, n)
-        self.parent_offsets = _int32(parent_offsets).to(device)
-        self.parent_split = _int32(parent_split).to(device)
-        self.parent = _int32(edge_parent[order]).to(device)
-        self.parent_edge = _int32(order).to(device)
+        layer_is_or = np.array([False] + [k == "or" for k in self.layer_kinds])
+        row_is_or = np.repeat(layer_is_or, np.diff(self.row_starts))
+        parent_offsets, parent_split, parent, parent_edge = transposed_csr(
+            child, offsets, row_is_or, n0
+        )
+        self.parent_offsets = torch.from_numpy(parent_offsets).to(device)
+        self.parent_split = torch.from_numpy(parent_split).to(device)
+        self.parent = torch.from_numpy(parent).to(device)
+        self.parent_edge = torch.from_numpy(parent_edge).to(device)
         self.node_hubs: dict[int, HubPlan] = {}
         self.parent_hubs: dict[int, HubPlan] = {}
         for k in range(1, self.num_layers + 1):

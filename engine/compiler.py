@@ -61,13 +61,15 @@ def compile_circuit(
     alive = _passes.reachable(dstart, dkids, root_ids, dkind.size)
     layer = _passes.layer_of(dkind, dstart, dkids, dkind.size, num_leaves, alive)
     num_layers = int(layer.max(initial=0))
-    row, node_at, row_start = _passes.assign_rows(dstart, dkids, layer, num_leaves, num_layers)
-    child, offsets = _passes.row_csr(dstart, dkids, row, node_at, num_leaves)
-    if node_at.size > MAX_INDEX or child.size > MAX_INDEX:
+    row, node_at, row_start, kid_row = _passes.assign_rows(
+        dstart, dkids, layer, num_leaves, num_layers
+    )
+    if node_at.size > MAX_INDEX or kid_row.size > MAX_INDEX:
         raise CircuitError(
-            f"the compiled circuit has {node_at.size} nodes and {child.size} edges; the kernels' "
-            "int32 indices allow at most 2^31 - 1 of each"
+            f"the compiled circuit has {node_at.size} nodes and {kid_row.size} edges; the "
+            "kernels' int32 indices allow at most 2^31 - 1 of each"
         )
+    child, offsets = _passes.row_csr(dstart, kid_row, node_at, num_leaves)
     # Drop the empty layers (an OR-only circuit has no AND layer).
     kinds = ["and" if k % 2 else "or" for k in range(1, num_layers + 1)]
     nonempty = [k for k in range(1, num_layers + 1) if row_start[k + 1] > row_start[k]]
@@ -77,9 +79,9 @@ def compile_circuit(
         fixed=fixed,
         layer_kinds=[kinds[k - 1] for k in nonempty],
         row_starts=[0, num_leaves] + [int(row_start[k + 1]) for k in nonempty],
-        child=torch.from_numpy(child.astype(np.int32)),
-        offsets=torch.from_numpy(offsets.astype(np.int32)),
-        roots=torch.from_numpy(row[root_ids]),
+        child=torch.from_numpy(child),
+        offsets=torch.from_numpy(offsets),
+        roots=torch.from_numpy(row[root_ids].astype(np.int64)),
     )
 
 

@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ._sdd import MAX_NODES, sdd_local_dag
 from ._segments import ranges
 from .circuit import AND, FALSE, LITERAL, MAX_VARS, OR, TRUE
 from .errors import CircuitError, MissingFileError, ParseError
@@ -434,7 +435,8 @@ def read_sdd_file(sdd_path, vtree_path=None) -> tuple[LocalDag, int | None]:
     """Parse a libsdd / PySDD SDD text file (and optionally its vtree file).
 
     ``F``/``T``/``L`` lines become FALSE/TRUE/LITERAL nodes; a ``D`` line with ``k`` elements
-    becomes an OR over ``k`` AND(prime, sub) nodes. The root is the node of the last node line.
+    becomes an OR over ``k`` AND(prime, sub) nodes, one AND per distinct pair in the file. The
+    root is the node of the last node line.
 
     Returns ``(arrays, num_vars)``: the local DAG, and the largest variable of the vtree
     (``None`` without a vtree). With a vtree, every SDD literal's variable must be one of its
@@ -535,32 +537,18 @@ def _sdd_dag(
     lit: np.ndarray,
     k: np.ndarray,
 ) -> LocalDag:
-    """The local DAG of a checked SDD file's node lines: a D line gives ``k`` ANDs then its OR,
-    other lines one node, in line order."""
+    """The local DAG of a checked SDD file's node lines (:func:`~trilay.engine._sdd.sdd_local_dag`:
+    a D line gives an OR over its elements, each distinct element one AND node)."""
     _, resolve = _definitions(t.field(1)[lines])
     first_ref = t.first[lines[is_d]] + 4
-    def_line = resolve(t.value[ranges(first_ref, first_ref + 2 * k[is_d])])
-    local_of_line = np.cumsum(k + 1) - 1
-    n = int(local_of_line[-1]) + 1
+    refs = resolve(t.value[ranges(first_ref, first_ref + 2 * k[is_d])])
     line_kind = np.where(is_d, OR, np.where(is_l, LITERAL, np.where(is_t, TRUE, FALSE)))
-    kind = np.full(n, AND, dtype=np.int64)
-    kind[local_of_line] = line_kind
-    lit_out = np.zeros(n, dtype=np.int64)
-    lit_out[local_of_line[is_l]] = lit[is_l]
-    counts = np.zeros(n, dtype=np.int64)
-    and_ids = np.flatnonzero(kind == AND)
-    counts[and_ids] = 2
-    or_ids = local_of_line[is_d]
-    kd = k[is_d]
-    counts[or_ids] = kd
-    child_start = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=child_start[1:])
-    children = np.empty(int(child_start[-1]), dtype=np.int64)
-    elem_local = local_of_line[def_line]
-    children[child_start[and_ids]] = elem_local[0::2]
-    children[child_start[and_ids] + 1] = elem_local[1::2]
-    children[ranges(child_start[or_ids], child_start[or_ids] + kd)] = ranges(or_ids - kd, or_ids)
-    return kind, lit_out, child_start, children, int(local_of_line[-1])
+    if lines.size + refs.size // 2 > MAX_NODES:
+        raise CircuitError(
+            f"{t.path}: {lines.size:,} SDD nodes with {refs.size // 2:,} elements; the reader's "
+            f"node ids allow at most {MAX_NODES:,} nodes"
+        )
+    return sdd_local_dag(line_kind, lit, k, refs)
 
 
 def sdd_node_arrays(node) -> LocalDag:

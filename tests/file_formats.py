@@ -116,10 +116,11 @@ def read_vtree(data: bytes) -> list[int]:
 
 # ----------------------------------------------------------------------------- SDD
 def read_sdd(data: bytes, vtree_variables=None):
-    """The local DAG of an SDD file: nodes in line order, a ``D`` line's ``k`` ANDs before
-    its OR."""
+    """The local DAG of an SDD file: nodes in line order, a ``D`` line's OR after the ANDs of
+    those of its elements no earlier line has (one AND per distinct (prime, sub) pair)."""
     header = None
     local: dict[int, int] = {}  # SDD id -> local node
+    element: dict[tuple[int, int], int] = {}  # (prime, sub) local nodes -> their AND
     kind, lit, children = [], [], []
     count = 0
     for line, tokens in content_lines(data):
@@ -156,9 +157,11 @@ def read_sdd(data: bytes, vtree_variables=None):
             raise Refused(line, "duplicate id")
         if word == b"D":
             ands = []
-            for prime, sub in zip(elements[0::2], elements[1::2], strict=True):
-                kind.append(AND), lit.append(0), children.append([prime, sub])
-                ands.append(len(kind) - 1)
+            for pair in zip(elements[0::2], elements[1::2], strict=True):
+                if pair not in element:
+                    kind.append(AND), lit.append(0), children.append(list(pair))
+                    element[pair] = len(kind) - 1
+                ands.append(element[pair])
             kind.append(OR), lit.append(0), children.append(ands)
         else:
             kind.append({b"F": FALSE, b"T": TRUE, b"L": LITERAL}[word])

@@ -177,7 +177,9 @@ def test_real_sdd_files(name):
     assert int(header[1]) == sum(len(v) for v in by_type.values())
     assert (kind == FALSE).sum() == len(by_type["F"]) and (kind == TRUE).sum() == len(by_type["T"])
     assert (kind == OR).sum() == len(by_type["D"])
-    assert (kind == AND).sum() == sum(int(l[3]) for l in by_type["D"])
+    elements = {(l[j], l[j + 1]) for l in by_type["D"] for j in range(4, len(l), 2)}
+    assert (kind == AND).sum() == len(elements)  # each distinct (prime, sub) once
+    assert (np.diff(child_start)[kind == OR] == [int(l[3]) for l in by_type["D"]]).all()
     assert sorted(lit[kind == LITERAL].tolist()) == sorted(int(l[3]) for l in by_type["L"])
     assert (np.diff(child_start)[kind == AND] == 2).all()
 

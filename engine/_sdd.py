@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .circuit import AND, LITERAL, OR
+from .circuit import AND, FALSE, LITERAL, OR, TRUE
 
 #: Node ids fit 31 bits: an element's key packs its prime's and its sub's into one int64.
 MAX_NODES = 2**31 - 1
@@ -100,3 +100,145 @@ def _rehashed(keys, values):
             bigger[s] = keys[slot]
             moved[s] = values[slot]
     return bigger, moved
+
+
+_BLANK = np.zeros(256, np.bool_)
+_BLANK[list(b" \t\r\x0b\x0c\n")] = True
+_NEWLINE, _MINUS, _ZERO = ord("\n"), ord("-"), ord("0")
+_MAX_DIGITS = 18  # as the vectorized reader's numpy path: below 10^18 < MAX_INT
+
+
+@njit(cache=True, inline="always")
+def _skip_blanks(data, pos):
+    """The position of the next token byte or newline at or after ``pos``."""
+    while pos < data.size and data[pos] != _NEWLINE and _BLANK[data[pos]]:
+        pos += 1
+    return pos
+
+
+@njit(cache=True, inline="always")
+def _integer(data, pos, signed):
+    """``(ok, value, end)`` of the integer token at ``pos`` (after blanks, on this line):
+    ``ok`` only for ``-?[0-9]{1,18}`` (the sign only where ``signed``) ended by a blank."""
+    pos = _skip_blanks(data, pos)
+    negative = signed and pos < data.size and data[pos] == _MINUS
+    if negative:
+        pos += 1
+    value = 0
+    digits = 0
+    while pos < data.size and not _BLANK[data[pos]]:
+        d = np.int64(data[pos]) - _ZERO
+        if d < 0 or d > 9 or digits == _MAX_DIGITS:
+            return False, 0, pos
+        value = 10 * value + d
+        digits += 1
+        pos += 1
+    return digits > 0, -value if negative else value, pos
+
+
+@njit(cache=True, inline="always")
+def _at_line_end(data, pos):
+    pos = _skip_blanks(data, pos)
+    return pos >= data.size or data[pos] == _NEWLINE
+
+
+@njit(cache=True)
+def scan_sdd(data, num_lines, in_vtree, max_vars):
+    """One pass over an SDD file's bytes (``data``, ``num_lines`` its newline count + 1) for
+    :func:`sdd_local_dag`'s input: ``(ok, line_kind, line_lit, line_k, refs)``.
+
+    ``ok`` is true only for a well-formed file in the common form (node ids below twice the
+    line count, integers of at most 18 digits) whose literals' variables are ``<= max_vars``
+    and, when ``in_vtree`` is not empty, marked there; the arrays then equal the vectorized
+    reader's. Anything else (a malformed file, or a rarer valid form) returns ``ok`` false:
+    the vectorized reader then decides, and names the first error in file order.
+    """
+    fail = (
+        False,
+        np.empty(0, np.int64),
+        np.empty(0, np.int64),
+        np.empty(0, np.int64),
+        np.empty(0, np.int64),
+    )
+    line_kind = np.empty(num_lines, np.int64)
+    line_lit = np.zeros(num_lines, np.int64)
+    line_k = np.zeros(num_lines, np.int64)
+    refs = np.empty(max(16, data.size // 8), np.int64)
+    line_of_id = np.full(2 * num_lines + 1024, -1, np.int64)
+    nrefs = 0
+    count = 0
+    declared = -1
+    pos = 0
+    while pos < data.size:
+        pos = _skip_blanks(data, pos)
+        if pos >= data.size:
+            break
+        first = data[pos]
+        if first == _NEWLINE:
+            pos += 1
+            continue
+        if first == ord("c"):  # a comment: skip the line
+            while pos < data.size and data[pos] != _NEWLINE:
+                pos += 1
+            continue
+        start = pos
+        while pos < data.size and not _BLANK[data[pos]]:
+            pos += 1
+        is_header = pos - start == 3 and first == ord("s")
+        if is_header and data[start + 1] == ord("d") and data[start + 2] == ord("d"):
+            if declared >= 0:
+                return fail
+            ok, declared, pos = _integer(data, pos, False)
+            if not ok or not _at_line_end(data, pos):
+                return fail
+            continue
+        if pos - start != 1 or declared < 0:
+            return fail
+        ok, node_id, pos = _integer(data, pos, False)
+        if not ok or node_id >= line_of_id.size or line_of_id[node_id] >= 0:
+            return fail
+        if first == ord("F") or first == ord("T"):
+            line_kind[count] = FALSE if first == ord("F") else TRUE
+        elif first == ord("L") or first == ord("D"):
+            ok, _, pos = _integer(data, pos, False)  # the vtree node: not needed
+            if not ok:
+                return fail
+            ok, value, pos = _integer(data, pos, first == ord("L"))
+            if not ok:
+                return fail
+            if first == ord("L"):
+                var = abs(value)
+                outside = in_vtree.size > 0 and (var >= in_vtree.size or not in_vtree[var])
+                if var == 0 or var > max_vars or outside:
+                    return fail
+                line_kind[count] = LITERAL
+                line_lit[count] = value
+            else:
+                line_kind[count] = OR
+                line_k[count] = value
+                for _ in range(2 * value):
+                    ok, ref, pos = _integer(data, pos, False)
+                    if not ok or ref >= line_of_id.size or line_of_id[ref] < 0:
+                        return fail
+                    refs = _grown(refs, nrefs + 1)
+                    refs[nrefs] = line_of_id[ref]
+                    nrefs += 1
+        else:
+            return fail
+        if not _at_line_end(data, pos):
+            return fail
+        line_of_id[node_id] = count
+        count += 1
+    if count == 0 or declared != count:
+        return fail
+    return True, line_kind[:count], line_lit[:count], line_k[:count], refs[:nrefs]
+
+
+@njit(cache=True)
+def _grown(a, need):
+    """``a`` itself if it holds ``need`` items, else a copy with twice the room."""
+    if need <= a.size:
+        return a
+    b = np.empty(2 * a.size, a.dtype)
+    b[: a.size] = a
+    return b

@@ -229,19 +229,27 @@ def weights(seed: int):
 
 # ----------------------------------------------------------------------------- file properties
 def _check_sdd(data: bytes) -> None:
-    both = same_outcome(lambda: io._parse_sdd("f", data), lambda: ref.read_sdd(data))
-    if both:
-        assert_same_dag(*both)
+    _check_sdd_paths(data, None)
 
 
 def _check_sdd_with_vtree(data: bytes) -> None:
-    allowed = [1, 2, 3]
-    both = same_outcome(
-        lambda: io._parse_sdd("f", data, np.asarray(allowed)),
-        lambda: ref.read_sdd(data, set(allowed)),
-    )
-    if both:
-        assert_same_dag(*both)
+    _check_sdd_paths(data, [1, 2, 3])
+
+
+def _check_sdd_paths(data: bytes, allowed: list[int] | None) -> None:
+    """Both of the reader's paths (the compiled scan where it takes the file, and the
+    vectorized grammar) against the reference reading; the scan takes no file the grammar
+    refuses."""
+    vtree = None if allowed is None else np.asarray(allowed)
+    variables = None if allowed is None else set(allowed)
+    for read in (io._parse_sdd, io._parse_sdd_lines):
+        both = same_outcome(
+            lambda read=read: read("f", data, vtree), lambda: ref.read_sdd(data, variables)
+        )
+        if both:
+            assert_same_dag(*both)
+        elif io._scan_sdd(data, vtree) is not None:
+            raise AssertionError("the compiled scan takes a file the reference refuses")
 
 
 def _check_vtree(data: bytes) -> None:

@@ -202,6 +202,11 @@ def test_real_sdd_files(name):
     slow = ref.read_sdd(sdd.read_bytes(), set(ref.read_vtree(vt.read_bytes())))
     for a, b in zip(arrays, slow, strict=True):
         assert np.array_equal(a, b)
+    # read by the compiled scan (the common form), and the same by the vectorized grammar
+    allowed = io._parse_vtree(str(vt), vt.read_bytes())
+    assert io._scan_sdd(sdd.read_bytes(), allowed) is not None
+    for a, b in zip(arrays, io._parse_sdd_lines(str(sdd), sdd.read_bytes(), allowed), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_sudoku_models_match_pysdd_enumeration():

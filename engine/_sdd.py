@@ -108,7 +108,7 @@ _NEWLINE, _MINUS, _ZERO = ord("\n"), ord("-"), ord("0")
 _MAX_DIGITS = 18  # as the vectorized reader's numpy path: below 10^18 < MAX_INT
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _skip_blanks(data, pos):
     """The position of the next token byte or newline at or after ``pos``."""
     while pos < data.size and data[pos] != _NEWLINE and _BLANK[data[pos]]:
@@ -116,7 +116,7 @@ def _skip_blanks(data, pos):
     return pos
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _integer(data, pos, signed):
     """``(ok, value, end)`` of the integer token at ``pos`` (after blanks, on this line):
     ``ok`` only for ``-?[0-9]{1,18}`` (the sign only where ``signed``) ended by a blank."""
@@ -136,7 +136,7 @@ def _integer(data, pos, signed):
     return digits > 0, -value if negative else value, pos
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _at_line_end(data, pos):
     pos = _skip_blanks(data, pos)
     return pos >= data.size or data[pos] == _NEWLINE

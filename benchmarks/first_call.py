@@ -1,12 +1,12 @@
 """``python -m benchmarks.first_call``: what the first calls cost, cold and warm.
 
-trilay's compiler passes and CPU kernels are numba functions, compiled on first use and cached
-on disk. This runs one fresh process with an empty numba cache (``NUMBA_CACHE_DIR`` set to a
-new temporary folder: a fresh install) and then a second process on that cache (every later
-run), each timing, on the built-in sudoku_4 circuit: importing ``trilay.engine``, the first
-``add_sdd_file`` (the reader's byte scan is a numba function too), the first ``compile()``, the module's first forward and its first forward+backward (log semiring,
-float32, batch 4, one thread). Results: a table on stdout and ``first-call-<date>.json`` under
-``--output`` (default ``benchmarks/runs``).
+trilay's SDD reader, compiler passes and CPU kernels are numba functions, compiled on first use
+and cached on disk. This runs one fresh process with an empty numba cache (``NUMBA_CACHE_DIR``
+set to a new temporary folder: a fresh install) and then a second process on that cache (every
+later run), each timing, on the built-in sudoku_4 circuit: importing ``trilay.engine``, the
+first ``add_sdd_file``, the first ``compile()``, the module's first forward and its first
+forward+backward (log semiring, float32, batch 4, one thread). Results: a table on stdout and
+``first-call-<date>.json`` under ``--output`` (default ``benchmarks/runs``).
 """
 
 from __future__ import annotations

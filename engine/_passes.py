@@ -677,21 +677,24 @@ def assign_rows(dstart, dkids, layer, num_leaves, num_layers):
 
 
 @njit(cache=True)
-def row_csr(dstart, kid_row, node_at, num_leaves):
+def row_csr(dstart, kid_row, row, num_leaves, num_rows):
     """``(child, offsets)`` (int32): the internal rows' children as rows, ascending within a
-    node, edges in row order (``kid_row`` from :func:`assign_rows`)."""
-    num_rows = node_at.size
+    node, edges in row order (``kid_row`` from :func:`assign_rows`). Nodes are read in id
+    order and their rows written where they go: reads in sequence, writes scattered (a
+    scattered write does not wait on memory; a scattered read does)."""
     offsets = np.zeros(num_rows - num_leaves + 1, np.int32)
-    for r in range(num_leaves, num_rows):
-        node = node_at[r]
-        offsets[r - num_leaves + 1] = offsets[r - num_leaves] + dstart[node + 1] - dstart[node]
+    for node in range(num_leaves, row.size):
+        if row[node] >= 0:
+            offsets[row[node] - num_leaves + 1] = dstart[node + 1] - dstart[node]
+    for r in range(num_rows - num_leaves):
+        offsets[r + 1] += offsets[r]
     child = np.empty(offsets[-1], np.int32)
-    for r in range(num_leaves, num_rows):
-        node = node_at[r]
-        at = offsets[r - num_leaves]
-        n = dstart[node + 1] - dstart[node]
-        child[at : at + n] = kid_row[dstart[node] : dstart[node + 1]]
-        _sort_small(child[at : at + n])
+    for node in range(num_leaves, row.size):
+        if row[node] >= 0:
+            at = offsets[row[node] - num_leaves]
+            n = dstart[node + 1] - dstart[node]
+            child[at : at + n] = kid_row[dstart[node] : dstart[node + 1]]
+            _sort_small(child[at : at + n])
     return child, offsets
 
 

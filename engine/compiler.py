@@ -69,7 +69,7 @@ def compile_circuit(
             f"the compiled circuit has {node_at.size} nodes and {kid_row.size} edges; the "
             "kernels' int32 indices allow at most 2^31 - 1 of each"
         )
-    child, offsets = _passes.row_csr(dstart, kid_row, node_at, num_leaves)
+    child, offsets = _passes.row_csr(dstart, kid_row, row, num_leaves, node_at.size)
     # Drop the empty layers (an OR-only circuit has no AND layer).
     kinds = ["and" if k % 2 else "or" for k in range(1, num_layers + 1)]
     nonempty = [k for k in range(1, num_layers + 1) if row_start[k + 1] > row_start[k]]

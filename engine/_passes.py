@@ -620,10 +620,10 @@ def layer_of(dkind, dstart, dkids, size, num_leaves, alive):
 def assign_rows(dstart, dkids, layer, num_leaves, num_layers):
     """Rows of the live internal nodes: layer by layer, and within a layer ordered by their
     lowest child's row (neighbours then read neighbouring rows; ties in node order). Returns
-    ``(row, node_at, row_start, kid_row)``: ``row[node]`` (``-1`` for dead nodes), the node of
-    each row, each layer's first row (``row_start[k]`` for ``k`` in ``0..num_layers + 1``) and
-    the row of each live node's children (``kid_row[e]`` for ``dkids[e]``: read once here, as
-    each layer's order needs them, for :func:`row_csr`)."""
+    ``(row, row_start, kid_row)``: ``row[node]`` (``-1`` for dead nodes), each layer's first
+    row (``row_start[k]`` for ``k`` in ``0..num_layers + 1``) and the row of each live node's
+    children (``kid_row[e]`` for ``dkids[e]``: read once here, as each layer's order needs
+    them, for :func:`row_csr`)."""
     size = layer.size
     counts = np.zeros(num_layers + 2, np.int64)
     for node in range(size):
@@ -637,11 +637,9 @@ def assign_rows(dstart, dkids, layer, num_leaves, num_layers):
             by_layer[fill[layer[node]]] = node
             fill[layer[node]] += 1
     row = np.full(size, -1, np.int32)
-    node_at = np.empty(row_start[-1], np.int64)
     kid_row = np.empty(dkids.size, np.int32)
     for leaf in range(num_leaves):
         row[leaf] = leaf
-        node_at[leaf] = leaf
     rank = np.zeros(0, np.int64)
     for k in range(1, num_layers + 1):
         lo, hi = row_start[k], row_start[k + 1]
@@ -665,15 +663,13 @@ def assign_rows(dstart, dkids, layer, num_leaves, num_layers):
             for i in range(hi - lo):
                 node = by_layer[lo + i]
                 row[node] = lo + rank[key[i]]
-                node_at[lo + rank[key[i]]] = node
                 rank[key[i]] += 1
         else:
             order = np.argsort(key, kind="mergesort")
             for j in range(hi - lo):
                 node = by_layer[lo + order[j]]
                 row[node] = lo + j
-                node_at[lo + j] = node
-    return row, node_at, row_start, kid_row
+    return row, row_start, kid_row
 
 
 @njit(cache=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._passes import _grow
 from .circuit import AND, FALSE, LITERAL, OR, TRUE
 
 #: Node ids fit 31 bits: an element's key packs its prime's and its sub's into one int64.
@@ -102,8 +103,10 @@ def _rehashed(keys, values):
     return bigger, moved
 
 
-_BLANK = np.zeros(256, np.bool_)
-_BLANK[list(b" \t\r\x0b\x0c\n")] = True
+#: The lexical rules' blanks (:mod:`trilay.engine.io`: tokens are separated by ASCII blanks),
+#: as a byte class; io's grammar uses the same table.
+BLANK = np.zeros(256, np.bool_)
+BLANK[list(b" \t\r\x0b\x0c\n")] = True
 _NEWLINE, _MINUS, _ZERO = ord("\n"), ord("-"), ord("0")
 _MAX_DIGITS = 18  # as the vectorized reader's numpy path: below 10^18 < MAX_INT
 
@@ -111,7 +114,7 @@ _MAX_DIGITS = 18  # as the vectorized reader's numpy path: below 10^18 < MAX_INT
 @njit(cache=True)
 def _skip_blanks(data, pos):
     """The position of the next token byte or newline at or after ``pos``."""
-    while pos < data.size and data[pos] != _NEWLINE and _BLANK[data[pos]]:
+    while pos < data.size and data[pos] != _NEWLINE and BLANK[data[pos]]:
         pos += 1
     return pos
 
@@ -126,7 +129,7 @@ def _integer(data, pos, signed):
         pos += 1
     value = 0
     digits = 0
-    while pos < data.size and not _BLANK[data[pos]]:
+    while pos < data.size and not BLANK[data[pos]]:
         d = np.int64(data[pos]) - _ZERO
         if d < 0 or d > 9 or digits == _MAX_DIGITS:
             return False, 0, pos
@@ -182,7 +185,7 @@ def scan_sdd(data, num_lines, in_vtree, max_vars):
                 pos += 1
             continue
         start = pos
-        while pos < data.size and not _BLANK[data[pos]]:
+        while pos < data.size and not BLANK[data[pos]]:
             pos += 1
         is_header = pos - start == 3 and first == ord("s")
         if is_header and data[start + 1] == ord("d") and data[start + 2] == ord("d"):
@@ -220,7 +223,7 @@ def scan_sdd(data, num_lines, in_vtree, max_vars):
                     ok, ref, pos = _integer(data, pos, False)
                     if not ok or ref >= line_of_id.size or line_of_id[ref] < 0:
                         return fail
-                    refs = _grown(refs, nrefs + 1)
+                    refs = _grow(refs, nrefs + 1)
                     refs[nrefs] = line_of_id[ref]
                     nrefs += 1
         else:
@@ -232,13 +235,3 @@ def scan_sdd(data, num_lines, in_vtree, max_vars):
     if count == 0 or declared != count:
         return fail
     return True, line_kind[:count], line_lit[:count], line_k[:count], refs[:nrefs]
-
-
-@njit(cache=True)
-def _grown(a, need):
-    """``a`` itself if it holds ``need`` items, else a copy with twice the room."""
-    if need <= a.size:
-        return a
-    b = np.empty(2 * a.size, a.dtype)
-    b[: a.size] = a
-    return b

@@ -61,15 +61,15 @@ def compile_circuit(
     alive = _passes.reachable(dstart, dkids, root_ids, dkind.size)
     layer = _passes.layer_of(dkind, dstart, dkids, dkind.size, num_leaves, alive)
     num_layers = int(layer.max(initial=0))
-    row, node_at, row_start, kid_row = _passes.assign_rows(
-        dstart, dkids, layer, num_leaves, num_layers
-    )
-    if node_at.size > MAX_INDEX or kid_row.size > MAX_INDEX:
+    row, row_start, kid_row = _passes.assign_rows(dstart, dkids, layer, num_leaves, num_layers)
+    num_rows = int(row_start[-1])
+    num_edges = int(np.diff(dstart)[row >= 0].sum())  # the live nodes' (the rows') edges
+    if num_rows > MAX_INDEX or num_edges > MAX_INDEX:
         raise CircuitError(
-            f"the compiled circuit has {node_at.size} nodes and {kid_row.size} edges; the "
-            "kernels' int32 indices allow at most 2^31 - 1 of each"
+            f"the compiled circuit has {num_rows} nodes and {num_edges} edges; the kernels' "
+            "int32 indices allow at most 2^31 - 1 of each"
         )
-    child, offsets = _passes.row_csr(dstart, kid_row, row, num_leaves, node_at.size)
+    child, offsets = _passes.row_csr(dstart, kid_row, row, num_leaves, num_rows)
     # Drop the empty layers (an OR-only circuit has no AND layer).
     kinds = ["and" if k % 2 else "or" for k in range(1, num_layers + 1)]
     nonempty = [k for k in range(1, num_layers + 1) if row_start[k + 1] > row_start[k]]

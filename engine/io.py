@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ._sdd import MAX_NODES, scan_sdd, sdd_local_dag
+from ._sdd import BLANK, MAX_NODES, scan_sdd, sdd_local_dag
 from ._segments import ranges
 from .circuit import AND, FALSE, LITERAL, MAX_VARS, OR, TRUE
 from .errors import CircuitError, MissingFileError, ParseError
@@ -81,8 +81,7 @@ _FORWARD = "undefined or forward reference (cycle?) to node"
 _LIMIT = f"trilay's limit of {MAX_VARS:,} variables"
 
 #: Byte classes: token bytes (not ASCII blanks) and, among them, the ones that are no digit.
-_SOLID = np.ones(256, dtype=bool)
-_SOLID[list(b" \t\r\x0b\x0c\n")] = False
+_SOLID = ~BLANK
 _NONDIGIT = _SOLID.copy()
 _NONDIGIT[list(b"0123456789")] = False
 #: Tokens with up to this many digits are read by numpy; longer ones (rare) one by one.

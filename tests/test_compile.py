@@ -539,3 +539,20 @@ def test_smoothing_a_wide_and_adds_nothing():
     c.add_root(c.conjoin([c.literal(v) for v in range(1, 5001)]))
     compiled = c.compile()
     assert compiled.num_nodes - compiled.num_leaves == 1 and compiled.num_edges == 5000
+
+
+def test_index_limit_counts_the_layered_circuit(data_dir, monkeypatch):
+    """The int32 limit applies to the rows and edges the kernels index (the compiled
+    circuit's), not to the nodes the compiler made and dropped (smoothing replaces most OR
+    children): just at the limit compiles, one below it is refused, naming both counts."""
+    from trilay.engine import compiler
+
+    c = Circuit()
+    c.add_sdd_file(data_dir / "sudoku_4.sdd", data_dir / "sudoku_4.vtree")
+    compiled = c.compile()
+    nodes, edges = compiled.num_nodes, compiled.num_edges
+    monkeypatch.setattr(compiler, "MAX_INDEX", max(nodes, edges))
+    assert c.compile().num_edges == edges
+    monkeypatch.setattr(compiler, "MAX_INDEX", max(nodes, edges) - 1)
+    with pytest.raises(CircuitError, match=f"{nodes} nodes and {edges} edges"):
+        c.compile()

@@ -383,6 +383,22 @@ def test_sdd_parse_errors(tmp_path, text, line, match):
     expect_error(io.read_sdd_file, p, line, match, ref.read_sdd)
 
 
+def test_sdd_node_id_limit(monkeypatch):
+    """Past the reader's node id limit (2^31 - 1, lowered here), a CircuitError names the file
+    and its node and element counts (from the file's lines), on both paths."""
+    sdd = DATA / "road_r.sdd"
+    lines = [l.split() for l in sdd.read_text().splitlines()]
+    nodes = sum(1 for l in lines if l and l[0] in ("F", "T", "L", "D"))
+    elements = sum(int(l[3]) for l in lines if l and l[0] == "D")
+    monkeypatch.setattr(io, "MAX_NODES", nodes + elements - 1)
+    message = f"{nodes:,} SDD nodes with {elements:,} elements"
+    for read in (io._parse_sdd, io._parse_sdd_lines):
+        with pytest.raises(errors.CircuitError, match=f"road_r.sdd: {message}"):
+            read(str(sdd), sdd.read_bytes())
+    monkeypatch.setattr(io, "MAX_NODES", nodes + elements)
+    io._parse_sdd(str(sdd), sdd.read_bytes())
+
+
 def test_sdd_literal_outside_vtree(tmp_path):
     vt = write(tmp_path, "v.vtree", VT2)
     p = write(tmp_path, "x.sdd", "sdd 3\nL 0 0 1\nL 1 2 -3\nD 2 1 1 0 1\n")

@@ -45,9 +45,10 @@ def _mix(x):
     return x
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _grow(a, need):
-    """``a`` itself if it holds ``need`` items, else a copy with at least twice the room."""
+    """``a`` itself if it holds ``need`` items, else a copy with at least twice the room
+    (inlined: hot loops call it per child, and a call costs more than the check)."""
     if need <= a.size:
         return a
     b = np.empty(max(need, 2 * a.size), a.dtype)
@@ -116,6 +117,273 @@ def variable_positions(kind, lit, start, children, roots, free):
     return pos, count
 
 
+def literal_positions(kind, lit, free):
+    """``pos[v]``: free variable ``v``'s rank in the order the IR's literal nodes first mention
+    the variables (node id order; the SDD readers make a file's literals first, in vtree order),
+    the free variables no literal mentions after them in id order; ``-1`` for variables that
+    are not free. Returns ``(pos, count)``."""
+    num_vars = free.size - 1
+    variables = np.abs(lit[kind == LITERAL])
+    first = np.unique(variables, return_index=True)[1]
+    seen = variables[np.sort(first)]
+    seen = seen[free[seen]]
+    rest = np.flatnonzero(free)
+    rest = rest[~np.isin(rest, seen)]
+    pos = np.full(num_vars + 1, -1, np.int64)
+    pos[seen] = np.arange(seen.size)
+    pos[rest] = np.arange(seen.size, seen.size + rest.size)
+    return pos, seen.size + rest.size
+
+
+@njit(cache=True)
+def _root_of(parent, x):
+    """Union-find: ``x``'s representative (paths halved on the way)."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+_MAX_ROUNDS = 32  # interval_targets' fixpoint: SDDs need 2-3 rounds
+
+
+@njit(cache=True)
+def interval_targets(kind, start, children, order, leaf_of_literal, pos, num_vars):
+    """Targets for smoothing to position intervals, or none where the circuit has none.
+
+    Every node is to mention exactly an interval of positions, its *target*: an OR and each
+    AND or OR child of it share one target (they form a group, union-find over those edges;
+    an AND with a constant or fixed child is left out of its parents' groups: it folds), and
+    a group's target is the smallest interval holding every child of its members (a literal
+    its position, an internal node its group's target; a fixpoint: groups are not in
+    topological order). Each node is then smoothed once, to its group's target (an AND gets
+    the tautologies of the gaps its children leave), instead of once per OR edge to that OR's
+    variables: an OR's children in its group need nothing.
+
+    That is sound where every AND's children have disjoint targets (an SDD's, with positions
+    in vtree order: a prime's variables precede its sub's). Returns ``(ok, targets)``,
+    ``targets`` :func:`build_dag`'s: ``(target_lo, target_hi, and_gap, edge_gap, gap_start,
+    gap_lo, gap_hi)``; per IR node its target (``hi < lo``: no variables); per edge whether
+    its child, smoothed, is all its parent OR needs of it (the child is in its group); per
+    AND the positions of its target that its children's targets miss, as an id of a distinct
+    *gap set*, ``-1`` for none (gap set ``i``: intervals ``gap_lo/hi[gap_start[i]:
+    gap_start[i + 1]]``). ``ok`` is false, ``targets`` :func:`no_targets`, where some AND's
+    children's targets overlap, or where the fixpoint takes more than ``_MAX_ROUNDS`` rounds
+    (then each OR is smoothed to its children's variables instead).
+    """
+    n = kind.size
+    fail = (False, no_targets())
+    # The groups, by union-find. An AND with a constant child (an SDD element with a true
+    # sub, shared by decision nodes of many vtree nodes) or fewer than two others folds: it
+    # stays out of its parents' groups, which it would otherwise merge.
+    # What each node is to mention, as its parents' edges will read it (int32: half the cache
+    # misses): a free literal its position p (-2 - p), a constant nothing (-1), an internal
+    # node its group (>= 0, numbered below; 0 until then).
+    node_code = np.full(n, -1, np.int32)
+    for node in order:
+        if kind[node] >= AND:
+            node_code[node] = 0
+        elif kind[node] == LITERAL and leaf_of_literal[node] > ONE:
+            node_code[node] = -2 - pos[(leaf_of_literal[node] - 2) % num_vars + 1]
+    parent = np.arange(n)
+    folds = np.zeros(n, np.bool_)
+    for node in order:
+        if kind[node] == AND:
+            solid = 0
+            for e in range(start[node], start[node + 1]):
+                solid += node_code[children[e]] != -1
+            folds[node] = solid < 2 or solid < start[node + 1] - start[node]
+        elif kind[node] == OR:
+            for e in range(start[node], start[node + 1]):
+                c = children[e]
+                if kind[c] == OR or (kind[c] == AND and not folds[c]):
+                    a, b = _root_of(parent, node), _root_of(parent, c)
+                    if a != b:
+                        parent[a] = b
+    group = np.full(n, -1, np.int64)  # dense group ids, so that their targets stay in cache
+    num_groups = 0
+    for node in order:
+        if kind[node] >= AND:
+            r = _root_of(parent, node)
+            if group[r] < 0:
+                group[r] = num_groups
+                num_groups += 1
+            group[node] = group[r]
+            node_code[node] = group[r]
+    code = np.empty(children.size, np.int32)  # each edge's child's code, read once
+    for node in order:
+        if kind[node] >= AND:
+            for e in range(start[node], start[node + 1]):
+                code[e] = node_code[children[e]]
+    lo = np.full(num_groups, np.iinfo(np.int64).max, np.int64)
+    hi = np.full(num_groups, -1, np.int64)
+    changed = True
+    for _ in range(_MAX_ROUNDS):
+        changed = False
+        for node in order:
+            if kind[node] < AND:
+                continue
+            g = group[node]
+            for e in range(start[node], start[node + 1]):
+                c_lo, c_hi = _code_span(code[e], lo, hi)
+                if c_lo < lo[g] and c_lo <= c_hi:
+                    lo[g] = c_lo
+                    changed = True
+                if c_hi > hi[g] and c_lo <= c_hi:
+                    hi[g] = c_hi
+                    changed = True
+        if not changed:
+            break
+    if changed:
+        return fail
+    and_gap = np.full(n, -1, np.int64)
+    edge_gap = np.full(children.size, -1, np.int32)
+    gap_sets = (np.full(1024, -1, np.int64), np.zeros(65, np.int64), np.empty(64, np.int64),
+                np.empty(64, np.int64), np.zeros(1, np.int64))  # fmt: skip
+    span_lo = np.empty(64, np.int64)
+    span_hi = np.empty(64, np.int64)
+    t_lo = np.empty(1, np.int64)
+    t_hi = np.empty(1, np.int64)
+    m_lo = np.empty(64, np.int64)
+    m_hi = np.empty(64, np.int64)
+    for node in order:
+        if kind[node] < AND:
+            continue
+        g = group[node]
+        t_lo[0], t_hi[0] = lo[g], hi[g]
+        if kind[node] == OR:  # a child outside its group misses what its target lacks
+            for e in range(start[node], start[node + 1]):
+                span_lo[0], span_hi[0] = _code_span(code[e], lo, hi)
+                if code[e] == g or span_hi[0] < span_lo[0]:
+                    continue  # the OR's target already, or a constant
+                nm, m_lo, m_hi = _difference(t_lo, t_hi, 1, span_lo, span_hi, 0, 1, m_lo, m_hi)
+                if nm:
+                    edge_gap[e], gap_sets = _gap_set(m_lo, m_hi, nm, gap_sets)
+            continue
+        m = 0  # the children's targets, sorted by start (insertion: ANDs have few children)
+        for e in range(start[node], start[node + 1]):
+            c_lo, c_hi = _code_span(code[e], lo, hi)
+            if c_hi < c_lo:
+                continue
+            span_lo = _grow(span_lo, m + 1)
+            span_hi = _grow(span_hi, m + 1)
+            i = m
+            while i > 0 and span_lo[i - 1] > c_lo:
+                span_lo[i] = span_lo[i - 1]
+                span_hi[i] = span_hi[i - 1]
+                i -= 1
+            span_lo[i] = c_lo
+            span_hi[i] = c_hi
+            m += 1
+        for i in range(1, m):
+            if span_lo[i] <= span_hi[i - 1]:
+                return fail
+        nm, m_lo, m_hi = _difference(t_lo, t_hi, 1, span_lo, span_hi, 0, m, m_lo, m_hi)
+        if nm:
+            and_gap[node], gap_sets = _gap_set(m_lo, m_hi, nm, gap_sets)
+    target_lo = np.zeros(n, np.int64)
+    target_hi = np.full(n, -1, np.int64)
+    for node in order:
+        if group[node] >= 0:
+            target_lo[node] = lo[group[node]]
+            target_hi[node] = hi[group[node]]
+    _, gap_start, gap_lo, gap_hi, count = gap_sets
+    end = gap_start[count[0]]
+    gaps = (gap_start[: count[0] + 1], gap_lo[:end], gap_hi[:end])
+    return True, (target_lo, target_hi, and_gap, edge_gap) + gaps
+
+
+@njit(cache=True, inline="always")
+def _gap_set(m_lo, m_hi, nm, gap_sets):
+    """The id of the gap set ``m_lo/hi[:nm]`` in ``gap_sets`` ``(table, start, lo, hi,
+    count)``: an equal earlier set's, or a new one's. Returns ``(id, gap_sets)``."""
+    table, gap_start, gap_lo, gap_hi, count = gap_sets
+    if 2 * (count[0] + 1) > table.size:
+        table = _rehash_gaps(2 * table.size, count[0], gap_start, gap_lo, gap_hi)
+    mask = table.size - 1
+    slot = np.int64(_hash_intervals(m_lo, m_hi, nm) & np.uint64(mask))
+    while table[slot] >= 0:
+        cand = table[slot]
+        s0 = gap_start[cand]
+        if gap_start[cand + 1] - s0 == nm:
+            same = True
+            for i in range(nm):
+                if gap_lo[s0 + i] != m_lo[i] or gap_hi[s0 + i] != m_hi[i]:
+                    same = False
+                    break
+            if same:
+                return cand, (table, gap_start, gap_lo, gap_hi, count)
+        slot = (slot + 1) & mask
+    new = count[0]
+    table[slot] = new
+    gap_start = _grow(gap_start, new + 2)
+    s0 = gap_start[new]
+    gap_lo = _grow(gap_lo, s0 + nm)
+    gap_hi = _grow(gap_hi, s0 + nm)
+    gap_lo[s0 : s0 + nm] = m_lo[:nm]
+    gap_hi[s0 : s0 + nm] = m_hi[:nm]
+    gap_start[new + 1] = s0 + nm
+    count[0] = new + 1
+    return new, (table, gap_start, gap_lo, gap_hi, count)
+
+
+@njit(cache=True)
+def no_targets():
+    """:func:`build_dag`'s ``targets`` where there are none (no smoothing to intervals)."""
+    none = np.empty(0, np.int64)
+    return none, none, none, np.empty(0, np.int32), none, none, none
+
+
+@njit(cache=True)
+def _hash_intervals(lo, hi, n):
+    """A hash of the intervals ``lo/hi[:n]``."""
+    h = np.uint64(n)
+    for i in range(n):
+        h = _mix(h ^ _mix(lo[i] * 1000003 + hi[i]))
+    return h
+
+
+@njit(cache=True)
+def _rehash_gaps(size, num_gaps, gap_start, gap_lo, gap_hi):
+    """A gap set table of ``size`` slots holding gap sets ``0..num_gaps - 1``."""
+    table = np.full(size, -1, np.int64)
+    for gap in range(num_gaps):
+        s0, s1 = gap_start[gap], gap_start[gap + 1]
+        slot = np.int64(
+            _hash_intervals(gap_lo[s0:s1], gap_hi[s0:s1], s1 - s0) & np.uint64(size - 1)
+        )
+        while table[slot] >= 0:
+            slot = (slot + 1) & (size - 1)
+        table[slot] = gap
+    return table
+
+
+@njit(cache=True, inline="always")
+def _ir_span(c, kind, leaf_of_literal, pos, num_vars, target_lo, target_hi):
+    """The positions IR node ``c`` (not a constant) mentions once smoothed to targets: a free
+    literal its own, an internal node its target."""
+    if kind[c] == LITERAL:
+        leaf = leaf_of_literal[c]
+        if leaf <= ONE:
+            return 0, -1
+        p = pos[(leaf - 2) % num_vars + 1]
+        return p, p
+    if kind[c] >= AND:
+        return target_lo[c], target_hi[c]
+    return 0, -1
+
+
+@njit(cache=True, inline="always")
+def _code_span(code, lo, hi):
+    """The positions an edge's child (its :func:`interval_targets` code) is to mention: a free
+    literal its own, an internal node its group's target so far, a constant none."""
+    if code >= 0:
+        return lo[code], hi[code]
+    if code == -1:
+        return 0, -1
+    return -2 - code, -2 - code
+
+
 @njit(cache=True)
 def _union_into(idx, k, vstart, vlo, vhi, out_lo, out_hi):
     """Merge the variable sets of nodes ``idx[:k]`` into ``out_lo/hi`` (room for all their
@@ -180,26 +448,24 @@ def _union(idx, k, vstart, vlo, vhi, scratch_lo, scratch_hi):
 
 
 @njit(cache=True, inline="always")
-def _difference(a_lo, a_hi, na, node, vstart, vlo, vhi, out_lo, out_hi):
-    """The intervals of ``a[:na]`` minus ``node``'s set (a subset of ``a``) into ``out``;
+def _difference(a_lo, a_hi, na, b_lo, b_hi, s, s_end, out_lo, out_hi):
+    """The intervals of ``a[:na]`` minus ``b[s:s_end]`` (a subset of ``a``) into ``out``;
     returns ``(count, out_lo, out_hi)``."""
-    out_lo = _grow(out_lo, na + (vstart[node + 1] - vstart[node]))
+    out_lo = _grow(out_lo, na + (s_end - s))
     out_hi = _grow(out_hi, out_lo.size)
     count = 0
-    s = vstart[node]
-    s_end = vstart[node + 1]
     for i in range(na):
         lo = a_lo[i]
         hi = a_hi[i]
-        while s < s_end and vhi[s] < lo:
+        while s < s_end and b_hi[s] < lo:
             s += 1
         cur = lo
-        while s < s_end and vlo[s] <= hi:
-            if vlo[s] > cur:
+        while s < s_end and b_lo[s] <= hi:
+            if b_lo[s] > cur:
                 out_lo[count] = cur
-                out_hi[count] = vlo[s] - 1
+                out_hi[count] = b_lo[s] - 1
                 count += 1
-            cur = vhi[s] + 1
+            cur = b_hi[s] + 1
             s += 1
         if cur <= hi:
             out_lo[count] = cur
@@ -218,20 +484,27 @@ def _hash_node(kind, kids, k):
 
 @njit(cache=True)
 def build_dag(
-    kind, lit, start, children, order, roots, num_vars, leaf_of_literal, smooth, pos, num_pos
-):
+    kind, start, children, order, roots, num_vars, leaf_of_literal, smooth, pos, num_pos,
+    targets,
+):  # fmt: skip
     """Simplify, smooth and hash-cons the IR in one bottom-up walk.
 
     ``order``: the IR nodes to build, children before parents (the reachable ones).
     ``leaf_of_literal[i]`` for an IR literal ``i``: its leaf (a fixed literal's constant).
     ``pos[v]``/``num_pos``: free variables' positions (see :func:`variable_positions`).
+    ``targets``: :func:`no_targets`, or :func:`interval_targets`' (with ``pos`` from
+    :func:`literal_positions`): per IR node the positions it is to mention when smoothed, per
+    OR edge whether its child needs nothing more, per AND the gap set its children leave.
 
     Constant folding: an AND with a false child is false, true children drop out (an OR
     likewise with true/false swapped); no children gives the identity, one child the child.
     Children are sorted, so equal nodes (same kind, same multiset of children) are one node.
     With ``smooth``, each OR child that misses some of the OR's variables becomes
     ``AND(child, gadgets)`` (an AND child's own children spliced in), and each root that is not
-    false likewise for every free variable it misses.
+    false likewise for every free variable it misses. With targets, each node is made to
+    mention exactly its target: an AND gets the gadgets of what its children miss of it, an
+    OR's child outside its group likewise, so an OR's children in its group need nothing and
+    no child's variables are read where its edge is covered.
 
     Returns ``(dag_kind, dag_start, dag_children, root_ids)``: kinds and CSR of every DAG node
     (leaves have no children).
@@ -247,12 +520,17 @@ def build_dag(
     table_size = 64  # at most half full (see _with_room); int32 slots: half the cache misses
     while table_size < 2 * order.size:
         table_size *= 2
-    # Variable sets, smoothing only (leaves first): intervals vlo/vhi[vstart[i]:vstart[i+1]].
-    vstart = np.zeros(cap + 1, np.int64)
-    vlo = np.empty(max(16, 3 * num_vars), np.int64)
+    # Variable sets, smoothing without targets only (leaves first): intervals
+    # vlo/vhi[vstart[i]:vstart[i+1]]. With targets none are kept: a node made for an IR node
+    # mentions that node's target, and no other node's variables are read.
+    target_lo, target_hi, and_gap, edge_gap, gap_start, gap_lo, gap_hi = targets
+    by_target = smooth and target_lo.size > 0
+    keeps_sets = smooth and not by_target
+    vstart = np.zeros(cap + 1 if keeps_sets else 0, np.int64)
+    vlo = np.empty(max(16, 3 * num_vars) if keeps_sets else 0, np.int64)
     vhi = np.empty(vlo.size, np.int64)
     nv = 0
-    if smooth:
+    if keeps_sets:
         for leaf in range(num_leaves):
             vstart[leaf] = nv
             v = 0
@@ -285,12 +563,23 @@ def build_dag(
         seg_size *= 2
     gadget = np.full(2 * seg_size, -1, np.int64)  # heap node -> its shared AND, made on use
 
-    canon = np.full(kind.size, -1, np.int64)
+    canon = np.full(kind.size, -1, np.int32)
     kids = np.empty(64, np.int64)
     u_lo = np.empty(64, np.int64)
     u_hi = np.empty(64, np.int64)
     m_lo = np.empty(64, np.int64)
     m_hi = np.empty(64, np.int64)
+    kid_edge = np.empty(64, np.int64)  # the IR edge each of kids[:kept] was made for
+    padded = np.empty(64, np.int64)
+    num_gaps = gap_start.size - 1 if by_target else 0
+    made = (
+        np.full(num_gaps, -1, np.int64),
+        np.zeros(num_gaps, np.int64),
+        np.empty(64, np.int64),
+        np.zeros(1, np.int64),
+    )  # fmt: skip (see _gap_tautologies)
+    t_lo = np.empty(1, np.int64)
+    t_hi = np.empty(1, np.int64)
     dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
     for node in order:
         k = kind[node]
@@ -302,9 +591,13 @@ def build_dag(
             continue
         absorbing = ZERO if k == AND else ONE
         identity = ONE if k == AND else ZERO
-        kids = _grow(kids, start[node + 1] - start[node])
+        degree = start[node + 1] - start[node]
+        kids = _grow(kids, degree)
+        kid_edge = _grow(kid_edge, degree)
         kept = 0
         absorbed = False
+        lost = False  # a child that was to mention its target folded to true (an AND's)
+        short = False  # a child that misses some of its target (an OR's)
         for e in range(start[node], start[node + 1]):
             c = canon[children[e]]
             if c == absorbing:
@@ -312,25 +605,108 @@ def build_dag(
                 break
             if c != identity:
                 kids[kept] = c
+                kid_edge[kept] = e
                 kept += 1
-        if absorbed or kept == 0:
-            canon[node] = absorbing if absorbed else identity
+                if by_target and k == OR and edge_gap[e] >= 0:
+                    short = True
+            elif by_target and kind[children[e]] >= AND:
+                lost = True
+        if absorbed:
+            canon[node] = absorbing
+            continue
+        if by_target and k == AND and not lost and and_gap[node] >= 0:
+            # the tautologies of the gap set its children leave
+            state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+            at, n_pieces, made, state = _gap_tautologies(
+                and_gap[node], gap_start, gap_lo, gap_hi, made, state, gadget, seg_size, var_at,
+                num_vars,
+            )  # fmt: skip
+            dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
+            kids = _grow(kids, kept + n_pieces)
+            for j in range(n_pieces):
+                kids[kept] = made[2][at + j]
+                kept += 1
+        elif by_target and k == AND and lost and target_lo[node] <= target_hi[node]:
+            # the gaps its other children leave, from their targets
+            t_lo[0], t_hi[0] = target_lo[node], target_hi[node]
+            u_lo = _grow(u_lo, kept)
+            u_hi = _grow(u_hi, kept)
+            for j in range(kept):
+                c_lo, c_hi = _ir_span(
+                    children[kid_edge[j]], kind, leaf_of_literal, pos, num_vars, target_lo,
+                    target_hi,
+                )  # fmt: skip
+                i = j
+                while i > 0 and u_lo[i - 1] > c_lo:
+                    u_lo[i] = u_lo[i - 1]
+                    u_hi[i] = u_hi[i - 1]
+                    i -= 1
+                u_lo[i] = c_lo
+                u_hi[i] = c_hi
+            nm, m_lo, m_hi = _difference(t_lo, t_hi, 1, u_lo, u_hi, 0, kept, m_lo, m_hi)
+            if nm:
+                state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+                pieces, n_pieces, state = _tautologies(
+                    m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
+                )
+                dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
+                kids = _grow(kids, kept + n_pieces)
+                kids[kept : kept + n_pieces] = pieces[:n_pieces]
+                kept += n_pieces
+        elif short:  # an OR's children outside its group, to its target
+            for j in range(kept):
+                gap = edge_gap[kid_edge[j]]
+                if gap < 0:
+                    continue
+                if made[0][gap] < 0:
+                    state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
+                    _, _, made, state = _gap_tautologies(
+                        gap, gap_start, gap_lo, gap_hi, made, state, gadget, seg_size, var_at,
+                        num_vars,
+                    )  # fmt: skip
+                    dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
+                # AND(child, tautologies), an AND child's own children spliced in; inline
+                # (as the interning below): this runs for every such edge
+                at, n_pieces, c = made[0][gap], made[1][gap], kids[j]
+                own = dstart[c + 1] - dstart[c] if dkind[c] == AND else 1
+                padded = _grow(padded, own + n_pieces)
+                if dkind[c] == AND:
+                    padded[:own] = dkids[dstart[c] : dstart[c + 1]]
+                else:
+                    padded[0] = c
+                padded[own : own + n_pieces] = made[2][at : at + n_pieces]
+                size = sizes[0]
+                if (
+                    size + 2 > dkind.size
+                    or dstart[size] + own + n_pieces > dkids.size
+                    or 2 * (size + 1) > table.size
+                ):
+                    dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _with_room(
+                        (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes), own + n_pieces
+                    )
+                kids[j] = _find_or_add(
+                    AND, padded, own + n_pieces, dkind, dstart, dkids, table, sizes
+                )
+        if kept == 0:
+            canon[node] = identity
             continue
         if kept == 1:
             canon[node] = kids[0]
             continue
-        if smooth and k == OR:
+        if smooth and k == OR and not by_target:
             state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
             count, u_lo, u_hi = _union(kids, kept, vstart, vlo, vhi, u_lo, u_hi)
             for j in range(kept):
+                c = kids[j]
                 nm, m_lo, m_hi = _difference(
-                    u_lo, u_hi, count, kids[j], state[4], state[5], state[6], m_lo, m_hi
-                )
+                    u_lo, u_hi, count, state[5], state[6], state[4][c], state[4][c + 1], m_lo,
+                    m_hi,
+                )  # fmt: skip
                 if nm:
-                    kids[j], state = _smoothed(
-                        kids[j], m_lo, m_hi, nm, u_lo, u_hi, count, state, gadget, seg_size,
-                        var_at, num_vars,
-                    )  # fmt: skip
+                    pieces, n_pieces, state = _tautologies(
+                        m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
+                    )
+                    kids[j], state = _smoothed(kids[j], pieces, n_pieces, u_lo, u_hi, count, state)
             dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
         # Interning inline (not through the state tuple): it runs once per node.
         size = sizes[0]
@@ -339,12 +715,12 @@ def build_dag(
                 (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes), kept
             )
         canon[node] = _find_or_add(k, kids, kept, dkind, dstart, dkids, table, sizes)
-        if smooth and canon[node] == size and k == OR:
+        if keeps_sets and canon[node] == size and k == OR:
             # every child now has the set U (the union): so has the OR
             dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = _store_set(
                 size, u_lo, u_hi, count, (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
             )
-        elif smooth and canon[node] == size:  # a new AND: its children's sets merged
+        elif keeps_sets and canon[node] == size:  # a new AND: its children's sets merged
             total = 0
             for j in range(kept):
                 total += vstart[kids[j] + 1] - vstart[kids[j]]
@@ -368,27 +744,80 @@ def build_dag(
         for i in range(roots.size):
             if root_ids[i] == ZERO:
                 continue  # a false root has no models to smooth
-            nm, m_lo, m_hi = _difference(
-                all_lo, all_hi, 1, root_ids[i], state[4], state[5], state[6], m_lo, m_hi
-            )
-            if nm:
-                root_ids[i], state = _smoothed(
-                    root_ids[i], m_lo, m_hi, nm, all_lo, all_hi, 1, state, gadget, seg_size,
-                    var_at, num_vars,
+            r = root_ids[i]
+            if by_target:  # its set: its target (none if it folded to true)
+                u_lo[0], u_hi[0] = 0, -1
+                if r != ONE:
+                    u_lo[0], u_hi[0] = _ir_span(
+                        roots[i], kind, leaf_of_literal, pos, num_vars, target_lo, target_hi
+                    )
+                nu = 1 if u_lo[0] <= u_hi[0] else 0
+                nm, m_lo, m_hi = _difference(all_lo, all_hi, 1, u_lo, u_hi, 0, nu, m_lo, m_hi)
+            else:
+                nm, m_lo, m_hi = _difference(
+                    all_lo, all_hi, 1, state[5], state[6], state[4][r], state[4][r + 1], m_lo,
+                    m_hi,
                 )  # fmt: skip
+            if nm:
+                pieces, n_pieces, state = _tautologies(
+                    m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars
+                )
+                root_ids[i], state = _smoothed(
+                    root_ids[i], pieces, n_pieces, all_lo, all_hi, 1, state
+                )
     size = state[7][0]
     dstart = state[1]
     return state[0][:size], dstart[: size + 1], state[2][: dstart[size]], root_ids
 
 
 @njit(cache=True, inline="always")
-def _smoothed(c, m_lo, m_hi, nm, u_lo, u_hi, nu, state, gadget, seg_size, var_at, num_vars):
-    """``AND(c, T)``, ``T`` the tautologies of the positions ``m``: ``c``'s own children are
-    spliced in when it is an AND (an AND directly under an AND would cost a layer); ``c`` true
-    contributes nothing. ``u`` is the set ``c`` and ``m`` make together (the node's, known
-    without reading its children's). Returns ``(node, state)``.
+def _smoothed(c, pieces, n_pieces, u_lo, u_hi, nu, state):
+    """``AND(c, T)``, ``T`` the tautologies ``pieces[:n_pieces]`` (:func:`_tautologies`):
+    ``c``'s own children are spliced in when it is an AND (an AND directly under an AND would
+    cost a layer); ``c`` true contributes nothing. ``u`` is the set ``c`` and ``T`` make
+    together (the node's, known without reading its children's). Returns ``(node, state)``."""
+    dkind, dstart, dkids = state[0], state[1], state[2]
+    own = 0
+    if c != ONE:
+        own = dstart[c + 1] - dstart[c] if dkind[c] == AND else 1
+    kids = np.empty(own + n_pieces, np.int64)
+    if own == 1 and dkind[c] != AND:
+        kids[0] = c
+    elif own:
+        kids[:own] = dkids[dstart[c] : dstart[c] + own]
+    kids[own:] = pieces[:n_pieces]
+    if own + n_pieces == 1:
+        return kids[0], state
+    return _intern(AND, kids, own + n_pieces, u_lo, u_hi, nu, state)
 
-    ``T`` is whichever is cheaper of: the canonical nodes of the segment tree over positions
+
+@njit(cache=True, inline="always")
+def _gap_tautologies(
+    gap, gap_start, gap_lo, gap_hi, made, state, gadget, seg_size, var_at, num_vars
+):
+    """The tautologies of gap set ``gap`` (:func:`interval_targets`), made on its first use:
+    ``made`` is ``(at, count, store, stored)``, gap set ``i``'s pieces ``store[at[i]:][:
+    count[i]]`` once made (``at[i] >= 0``). Returns ``(at, count, made, state)``."""
+    at, count, store, stored = made
+    if at[gap] < 0:
+        s0, s1 = gap_start[gap], gap_start[gap + 1]
+        pieces, n_pieces, state = _tautologies(
+            gap_lo[s0:s1], gap_hi[s0:s1], s1 - s0, state, gadget, seg_size, var_at, num_vars
+        )
+        store = _grow(store, stored[0] + n_pieces)
+        store[stored[0] : stored[0] + n_pieces] = pieces[:n_pieces]
+        at[gap] = stored[0]
+        count[gap] = n_pieces
+        stored[0] += n_pieces
+    return at[gap], count[gap], (at, count, store, stored), state
+
+
+@njit(cache=True, inline="always")
+def _tautologies(m_lo, m_hi, nm, state, gadget, seg_size, var_at, num_vars):
+    """The nodes whose AND is the tautologies of the positions ``m``: ``(pieces, count,
+    state)``.
+
+    They are whichever is cheaper of: the canonical nodes of the segment tree over positions
     covering ``m`` (a single position is its tautology leaf, a wider node a shared gadget, the
     AND of its positions' tautology leaves, made on first use), ``p = O(log V)`` edges; or,
     when ``m`` has at most ``2p`` positions, one AND of ``m``'s tautology leaves, shared (by
@@ -445,19 +874,7 @@ def _smoothed(c, m_lo, m_hi, nm, u_lo, u_hi, nu, state, gadget, seg_size, var_at
                 span_hi = np.full(1, first - seg_size + width - 1, np.int64)
                 gadget[h], state = _intern(AND, leaves, width, span_lo, span_hi, 1, state)
             heap[p] = gadget[h]
-    dkind, dstart, dkids = state[0], state[1], state[2]
-    own = 0
-    if c != ONE:
-        own = dstart[c + 1] - dstart[c] if dkind[c] == AND else 1
-    kids = np.empty(own + n_pieces, np.int64)
-    if own == 1 and dkind[c] != AND:
-        kids[0] = c
-    elif own:
-        kids[:own] = dkids[dstart[c] : dstart[c] + own]
-    kids[own:] = heap[:n_pieces]
-    if own + n_pieces == 1:
-        return kids[0], state
-    return _intern(AND, kids, own + n_pieces, u_lo, u_hi, nu, state)
+    return heap, n_pieces, state
 
 
 @njit(cache=True, inline="always")
@@ -551,13 +968,14 @@ def _record_set(node, state):
 def _intern(k, kids, n, set_lo, set_hi, set_count, state):
     """The node ``(k, sorted kids[:n])`` (``kids[:n]`` is sorted in place): an existing equal
     node, or a new one whose variable set is ``set_lo/hi[:set_count]`` (the caller knows it:
-    merging the children's sets would read each child's). Returns ``(node, state)``.
-    Inlined, as :func:`_with_room` and :func:`_store_set`: passing the state tuple between
-    compiled functions costs more than the rest of a smoothed edge."""
+    merging the children's sets would read each child's; not stored where the store is empty:
+    smoothing to targets keeps none). Returns ``(node, state)``. Inlined, as
+    :func:`_with_room` and :func:`_store_set`: passing the state tuple between compiled
+    functions costs more than the rest of a smoothed edge."""
     state = _with_room(state, n)
     size = state[7][0]
     node = _find_or_add(k, kids, n, state[0], state[1], state[2], state[3], state[7])
-    if node == size:
+    if node == size and state[4].size > 0:
         state = _store_set(node, set_lo, set_hi, set_count, state)
     return node, state
 

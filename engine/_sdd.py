@@ -27,15 +27,18 @@ def _slot(key, mask):
 
 
 @njit(cache=True)
-def sdd_local_dag(line_kind, line_lit, line_k, refs):
-    """The local DAG (see :mod:`trilay.engine.io`) of an SDD file's node lines, in file order.
+def sdd_local_dag(line_kind, line_lit, line_vtree, line_k, refs):
+    """The local DAG (see :mod:`trilay.engine.io`) of an SDD file's node lines.
 
     ``line_kind[i]`` is FALSE/TRUE/LITERAL/OR (a ``D`` line), ``line_lit[i]`` a literal line's
-    literal, ``line_k[i]`` a ``D`` line's element count; ``refs`` the ``D`` lines' prime and sub
-    references, two per element in file order, each the index of the node line that defines it
-    (an earlier one). A ``D`` line becomes an OR over AND(prime, sub) nodes, one per distinct
-    pair across the file, made before the first OR that has it. Returns ``(kind, lit,
-    child_start, children, root)``; the root is the last line's node.
+    literal and ``line_vtree[i]`` its vtree node, ``line_k[i]`` a ``D`` line's element count;
+    ``refs`` the ``D`` lines' prime and sub references, two per element in file order, each the
+    index of the node line that defines it (an earlier one). The literals come first, ordered
+    by their vtree nodes (libsdd numbers them in order, so this is the vtree's variable order,
+    which the compiler's smoothing uses: :func:`trilay.engine._passes.literal_positions`), ties
+    in file order; then the other lines in file order, a ``D`` line as an OR over AND(prime,
+    sub) nodes, one per distinct pair across the file, made before the first OR that has it.
+    Returns ``(kind, lit, child_start, children, root)``; the root is the last line's node.
     """
     n_lines = line_kind.size
     n_elements = refs.size // 2
@@ -51,7 +54,16 @@ def sdd_local_dag(line_kind, line_lit, line_k, refs):
     edges = 0
     at = 0
     element_nodes = np.empty(0, np.int64)
+    literal_lines = np.flatnonzero(line_kind == LITERAL)
+    for i in literal_lines[np.argsort(line_vtree[literal_lines], kind="mergesort")]:
+        kind[size] = LITERAL
+        lit[size] = line_lit[i]
+        node_of_line[i] = size
+        size += 1
+        child_start[size] = edges
     for i in range(n_lines):
+        if line_kind[i] == LITERAL:
+            continue
         k = line_k[i] if line_kind[i] == OR else 0
         if element_nodes.size < k:
             element_nodes = np.empty(2 * k, np.int64)
@@ -78,14 +90,12 @@ def sdd_local_dag(line_kind, line_lit, line_k, refs):
                 child_start[size] = edges
             element_nodes[j] = values[slot]
         kind[size] = line_kind[i]
-        if line_kind[i] == LITERAL:
-            lit[size] = line_lit[i]
         children[edges : edges + k] = element_nodes[:k]
         edges += k
         node_of_line[i] = size
         size += 1
         child_start[size] = edges
-    return kind[:size], lit[:size], child_start[: size + 1], children[:edges], size - 1
+    return kind[:size], lit[:size], child_start[: size + 1], children[:edges], node_of_line[-1]
 
 
 @njit(cache=True)
@@ -148,7 +158,7 @@ def _at_line_end(data, pos):
 @njit(cache=True)
 def scan_sdd(data, num_lines, in_vtree, max_vars):
     """One pass over an SDD file's bytes (``data``, ``num_lines`` its newline count + 1) for
-    :func:`sdd_local_dag`'s input: ``(ok, line_kind, line_lit, line_k, refs)``.
+    :func:`sdd_local_dag`'s input: ``(ok, line_kind, line_lit, line_vtree, line_k, refs)``.
 
     ``ok`` is true only for a well-formed file in the common form (node ids below twice the
     line count, integers of at most 18 digits) whose literals' variables are ``<= max_vars``
@@ -162,9 +172,11 @@ def scan_sdd(data, num_lines, in_vtree, max_vars):
         np.empty(0, np.int64),
         np.empty(0, np.int64),
         np.empty(0, np.int64),
+        np.empty(0, np.int64),
     )
     line_kind = np.empty(num_lines, np.int64)
     line_lit = np.zeros(num_lines, np.int64)
+    line_vtree = np.zeros(num_lines, np.int64)
     line_k = np.zeros(num_lines, np.int64)
     refs = np.empty(max(16, data.size // 8), np.int64)
     line_of_id = np.full(2 * num_lines + 1024, -1, np.int64)
@@ -203,9 +215,10 @@ def scan_sdd(data, num_lines, in_vtree, max_vars):
         if first == ord("F") or first == ord("T"):
             line_kind[count] = FALSE if first == ord("F") else TRUE
         elif first == ord("L") or first == ord("D"):
-            ok, _, pos = _integer(data, pos, False)  # the vtree node: not needed
+            ok, vtree, pos = _integer(data, pos, False)
             if not ok:
                 return fail
+            line_vtree[count] = vtree
             ok, value, pos = _integer(data, pos, first == ord("L"))
             if not ok:
                 return fail
@@ -234,4 +247,11 @@ def scan_sdd(data, num_lines, in_vtree, max_vars):
         count += 1
     if count == 0 or declared != count:
         return fail
-    return True, line_kind[:count], line_lit[:count], line_k[:count], refs[:nrefs]
+    return (
+        True,
+        line_kind[:count],
+        line_lit[:count],
+        line_vtree[:count],
+        line_k[:count],
+        refs[:nrefs],
+    )

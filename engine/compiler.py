@@ -52,11 +52,20 @@ def compile_circuit(
     free = np.ones(num_vars + 1, dtype=np.bool_)
     free[0] = False
     free[list(fixed)] = False
-    pos, num_pos = _passes.variable_positions(kind, lit, start, children, roots, free)
     leaf_of_literal = _leaf_of_literal(kind, lit, num_vars, fixed)
+    ok = False
+    if smooth:  # smoothing to intervals in literal order, where they are disjoint (SDDs)
+        pos, num_pos = _passes.literal_positions(kind, lit, free)
+        ok, targets = _passes.interval_targets(
+            kind, start, children, order, leaf_of_literal, pos, num_vars
+        )
+    if not ok:  # smoothing each OR to its children's variables (any d-DNNF), or none
+        pos, num_pos = _passes.variable_positions(kind, lit, start, children, roots, free)
+        targets = _passes.no_targets()
     dkind, dstart, dkids, root_ids = _passes.build_dag(
-        kind, lit, start, children, order, roots, num_vars, leaf_of_literal, smooth, pos, num_pos
-    )
+        kind, start, children, order, roots, num_vars, leaf_of_literal, smooth, pos, num_pos,
+        targets,
+    )  # fmt: skip
     num_leaves = 2 * num_vars + 2 + (num_vars if smooth else 0)
     alive = _passes.reachable(dstart, dkids, root_ids, dkind.size)
     layer = _passes.layer_of(dkind, dstart, dkids, dkind.size, num_leaves, alive)

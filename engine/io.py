@@ -437,9 +437,10 @@ def _parse_vtree(path: str, data: bytes) -> np.ndarray:
 def read_sdd_file(sdd_path, vtree_path=None) -> tuple[LocalDag, int | None]:
     """Parse a libsdd / PySDD SDD text file (and optionally its vtree file).
 
-    ``F``/``T``/``L`` lines become FALSE/TRUE/LITERAL nodes; a ``D`` line with ``k`` elements
-    becomes an OR over ``k`` AND(prime, sub) nodes, one AND per distinct pair in the file. The
-    root is the node of the last node line.
+    ``F``/``T``/``L`` lines become FALSE/TRUE/LITERAL nodes, the literals first, ordered by
+    their vtree nodes (the vtree's variable order, which smoothing uses); a ``D`` line with
+    ``k`` elements becomes an OR over ``k`` AND(prime, sub) nodes, one AND per distinct pair in
+    the file. The root is the node of the last node line.
 
     Returns ``(arrays, num_vars)``: the local DAG, and the largest variable of the vtree
     (``None`` without a vtree). With a vtree, every SDD literal's variable must be one of its
@@ -467,8 +468,8 @@ def _parse_sdd(path: str, data: bytes, allowed: np.ndarray | None = None) -> Loc
 
 
 def _scan_sdd(data: bytes, allowed: np.ndarray | None = None) -> tuple | None:
-    """:func:`~trilay.engine._sdd.scan_sdd`'s node lines ``(line_kind, line_lit, line_k,
-    refs)``, or ``None`` where it leaves the file to the grammar."""
+    """:func:`~trilay.engine._sdd.scan_sdd`'s node lines ``(line_kind, line_lit, line_vtree,
+    line_k, refs)``, or ``None`` where it leaves the file to the grammar."""
     arr = np.frombuffer(data, dtype=np.uint8)
     in_vtree = np.zeros(0, dtype=np.bool_)  # empty: no vtree
     if allowed is not None:
@@ -571,10 +572,11 @@ def _sdd_dag(
     first_ref = t.first[lines[is_d]] + 4
     refs = resolve(t.value[ranges(first_ref, first_ref + 2 * k[is_d])])
     line_kind = np.where(is_d, OR, np.where(is_l, LITERAL, np.where(is_t, TRUE, FALSE)))
-    return _sdd_local_dag(t.path, line_kind, lit, k, refs)
+    vtree = np.where(is_l, t.field(2)[lines], 0)
+    return _sdd_local_dag(t.path, line_kind, lit, vtree, k, refs)
 
 
-def _sdd_local_dag(path, line_kind, line_lit, line_k, refs) -> LocalDag:
+def _sdd_local_dag(path, line_kind, line_lit, line_vtree, line_k, refs) -> LocalDag:
     """:func:`~trilay.engine._sdd.sdd_local_dag` (a D line gives an OR over its elements, each
     distinct element one AND node), within its node id limit."""
     if line_kind.size + refs.size // 2 > MAX_NODES:
@@ -582,7 +584,7 @@ def _sdd_local_dag(path, line_kind, line_lit, line_k, refs) -> LocalDag:
             f"{path}: {line_kind.size:,} SDD nodes with {refs.size // 2:,} elements; the "
             f"reader's node ids allow at most {MAX_NODES:,} nodes"
         )
-    return sdd_local_dag(line_kind, line_lit, line_k, refs)
+    return sdd_local_dag(line_kind, line_lit, line_vtree, line_k, refs)
 
 
 def sdd_node_arrays(node) -> LocalDag:

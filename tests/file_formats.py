@@ -116,12 +116,14 @@ def read_vtree(data: bytes) -> list[int]:
 
 # ----------------------------------------------------------------------------- SDD
 def read_sdd(data: bytes, vtree_variables=None):
-    """The local DAG of an SDD file: nodes in line order, a ``D`` line's OR after the ANDs of
-    those of its elements no earlier line has (one AND per distinct (prime, sub) pair)."""
+    """The local DAG of an SDD file: the literals first, by their vtree nodes (ties in line
+    order), then the other nodes in line order, a ``D`` line's OR after the ANDs of those of
+    its elements no earlier line has (one AND per distinct (prime, sub) pair)."""
     header = None
     local: dict[int, int] = {}  # SDD id -> local node
     element: dict[tuple[int, int], int] = {}  # (prime, sub) local nodes -> their AND
     kind, lit, children = [], [], []
+    literal_vtree: dict[int, int] = {}  # literal node -> its vtree node
     count = 0
     for line, tokens in content_lines(data):
         word = tokens[0]
@@ -167,7 +169,10 @@ def read_sdd(data: bytes, vtree_variables=None):
             kind.append({b"F": FALSE, b"T": TRUE, b"L": LITERAL}[word])
             lit.append(nums[2] if word == b"L" else 0)
             children.append([])
+        if word == b"L":
+            literal_vtree[len(kind) - 1] = nums[1]
         local[nums[0]] = len(kind) - 1
+        last_id = nums[0]
         count += 1
     if header is None:
         raise Refused(None, "empty")
@@ -175,7 +180,17 @@ def read_sdd(data: bytes, vtree_variables=None):
         raise Refused(header[1], "no nodes")
     if header[0] != count:
         raise Refused(header[1], "count")
-    return _dag(kind, lit, children, len(kind) - 1)
+    # Renumber: the literals first, by vtree node, then the rest in order.
+    new_order = sorted(
+        range(len(kind)), key=lambda i: (kind[i] != LITERAL, literal_vtree.get(i, 0), i)
+    )
+    new_id = {old: new for new, old in enumerate(new_order)}
+    return _dag(
+        [kind[i] for i in new_order],
+        [lit[i] for i in new_order],
+        [[new_id[c] for c in children[i]] for i in new_order],
+        new_id[local[last_id]],
+    )
 
 
 def _dag(kind, lit, children, root):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 
 import numpy as np
 import pytest
 import torch
-from conftest import brute_force, models_of_cnf, random_cnf, random_weights, shannon_circuit
+from conftest import (
+    all_assignments,
+    brute_force,
+    models_of_cnf,
+    random_cnf,
+    random_weights,
+    shannon_circuit,
+)
 from pysdd.sdd import SddManager, Vtree
-from trilay.engine import Circuit
+from trilay.engine import Circuit, compiler
 from trilay.engine.circuit import AND, OR
 from trilay.engine.errors import CircuitError
 
@@ -539,6 +547,99 @@ def test_smoothing_a_wide_and_adds_nothing():
     c.add_root(c.conjoin([c.literal(v) for v in range(1, 5001)]))
     compiled = c.compile()
     assert compiled.num_nodes - compiled.num_leaves == 1 and compiled.num_edges == 5000
+
+
+def smoothed_to_intervals(circuit: Circuit, monkeypatch, **options):
+    """``circuit.compile(**options)`` (smoothed), and whether the compiler smoothed each node
+    to an interval of positions (an SDD's way) rather than each OR to its children's variables
+    (any d-DNNF's, which alone asks for :func:`variable_positions`)."""
+    calls = []
+    per_or = compiler._passes.variable_positions
+    monkeypatch.setattr(
+        compiler._passes, "variable_positions", lambda *a: calls.append(1) or per_or(*a)
+    )
+    compiled = circuit.compile(**options)
+    monkeypatch.undo()
+    return compiled, not calls
+
+
+def models_of(formula, num_vars: int) -> torch.Tensor:
+    x = all_assignments(num_vars)
+    return x[torch.tensor([bool(formula(*row)) for row in x.tolist()], dtype=torch.bool)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sdds_are_smoothed_to_vtree_intervals(seed, monkeypatch):
+    """An SDD's nodes are smoothed to intervals of its vtree's variable order, whatever the
+    vtree; the smoothed circuit is smooth and decomposable, counts weights that do not sum to
+    one right, and fixing variables keeps it so."""
+    rng = random.Random(seed)
+    num_vars = rng.randint(5, 10)
+    clauses = random_cnf(num_vars, rng.randint(2, 2 * num_vars), seed)
+    order = rng.sample(range(1, num_vars + 1), num_vars)
+    mgr = SddManager.from_vtree(Vtree(num_vars, order, rng.choice(["balanced", "left", "right"])))
+    node = mgr.true()
+    for clause in clauses:
+        node = node & functools.reduce(lambda a, b: a | b, map(mgr.literal, clause))
+    c = Circuit(num_vars)
+    c.add_sdd(node)
+    compiled, by_intervals = smoothed_to_intervals(c, monkeypatch)
+    assert by_intervals
+    smoothness_invariants(compiled)
+    pos = random_weights(4, num_vars, seed)
+    neg = random_weights(4, num_vars, seed + 1)
+    models = models_of_cnf(clauses, num_vars)
+    module = compiled.module("real")
+    check_against_brute_force(module, models, pos, neg, "real", explicit_neg=True)
+    fixed = {order[0]: True, order[-1]: False}
+    conditioned, by_intervals = smoothed_to_intervals(c, monkeypatch, fixed=fixed)
+    assert by_intervals
+    smoothness_invariants(conditioned)
+    keep = torch.ones(models.shape[0], dtype=torch.bool)
+    for var, value in fixed.items():
+        keep &= models[:, var - 1] == value
+    out = conditioned.module("real")(pos, neg)[:, 0]
+    free = [v - 1 for v in range(1, num_vars + 1) if v not in fixed]
+    expected = brute_force(models[keep][:, free], pos[:, free], neg[:, free], "real")
+    torch.testing.assert_close(out, expected)
+
+
+def test_interval_targets_reach_their_fixpoint(monkeypatch):
+    """A group of ORs widens after a parent has read its target (``o2`` after ``q``): the
+    targets are a fixpoint, not one bottom-up pass (one pass would pad ``q`` with ``x3`` a
+    second time: not decomposable, and the tautology counted twice)."""
+    c = Circuit(4)
+    x3, x1, x2, x4 = (c.literal(v) for v in (3, 1, 2, 4))  # positions: x3 first
+    s = c.conjoin([x1, x2])
+    o1 = c.disjoin([s, c.conjoin([c.literal(-1), x2])])
+    c.add_root(c.conjoin([o1, x4]))  # x2 and x4
+    c.add_root(c.disjoin([s, c.conjoin([c.literal(-1), x3])]))  # o2: x1 and x2, or not x1 and x3
+    compiled, by_intervals = smoothed_to_intervals(c, monkeypatch)
+    assert by_intervals
+    smoothness_invariants(compiled)
+    pos, neg = random_weights(3, 4, 1), random_weights(3, 4, 2)
+    out = compiled.module("real")(pos, neg)
+    for root, formula in enumerate(
+        [lambda a, b, _, d: b and d, lambda a, b, x, _: a and b or not a and x]
+    ):
+        torch.testing.assert_close(
+            out[:, root], brute_force(models_of(formula, 4), pos, neg, "real")
+        )
+
+
+def test_overlapping_targets_fall_back_to_smoothing_each_or(monkeypatch):
+    """Where an AND's children's intervals overlap (here ``x2``'s position lies between
+    ``x1``'s and ``x3``'s, under an OR of both), the compiler smooths each OR to its children's
+    variables instead: still smooth, still exact."""
+    c = Circuit(3)
+    x1, x2, x3 = (c.literal(v) for v in (1, 2, 3))
+    c.add_root(c.conjoin([c.disjoin([x1, c.conjoin([c.literal(-1), x3])]), x2]))
+    compiled, by_intervals = smoothed_to_intervals(c, monkeypatch)
+    assert not by_intervals
+    smoothness_invariants(compiled)
+    pos, neg = random_weights(3, 3, 1), random_weights(3, 3, 2)
+    expected = brute_force(models_of(lambda a, b, x: (a or x) and b, 3), pos, neg, "real")
+    torch.testing.assert_close(compiled.module("real")(pos, neg)[:, 0], expected)
 
 
 def test_index_limit_counts_the_layered_circuit(data_dir, monkeypatch):

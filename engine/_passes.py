@@ -267,13 +267,7 @@ def interval_targets(kind, start, children, order, leaf_of_literal, pos, num_var
                 continue
             span_lo = _grow(span_lo, m + 1)
             span_hi = _grow(span_hi, m + 1)
-            i = m
-            while i > 0 and span_lo[i - 1] > c_lo:
-                span_lo[i] = span_lo[i - 1]
-                span_hi[i] = span_hi[i - 1]
-                i -= 1
-            span_lo[i] = c_lo
-            span_hi[i] = c_hi
+            _insert_interval(span_lo, span_hi, m, c_lo, c_hi)
             m += 1
         for i in range(1, m):
             if span_lo[i] <= span_hi[i - 1]:
@@ -384,6 +378,18 @@ def _code_span(code, lo, hi):
     return -2 - code, -2 - code
 
 
+@njit(cache=True, inline="always")
+def _insert_interval(lo, hi, n, a, b):
+    """Insert ``(a, b)`` into ``lo/hi[:n]``, sorted by start (insertion: nodes have few)."""
+    i = n
+    while i > 0 and lo[i - 1] > a:
+        lo[i] = lo[i - 1]
+        hi[i] = hi[i - 1]
+        i -= 1
+    lo[i] = a
+    hi[i] = b
+
+
 @njit(cache=True)
 def _union_into(idx, k, vstart, vlo, vhi, out_lo, out_hi):
     """Merge the variable sets of nodes ``idx[:k]`` into ``out_lo/hi`` (room for all their
@@ -393,13 +399,7 @@ def _union_into(idx, k, vstart, vlo, vhi, out_lo, out_hi):
     for j in range(k):
         for s in range(vstart[idx[j]], vstart[idx[j] + 1]):
             lo, hi = vlo[s], vhi[s]
-            i = total
-            while i > 0 and out_lo[i - 1] > lo:
-                out_lo[i] = out_lo[i - 1]
-                out_hi[i] = out_hi[i - 1]
-                i -= 1
-            out_lo[i] = lo
-            out_hi[i] = hi
+            _insert_interval(out_lo, out_hi, total, lo, hi)
             total += 1
     if total == 0:
         return 0
@@ -636,13 +636,7 @@ def build_dag(
                     children[kid_edge[j]], kind, leaf_of_literal, pos, num_vars, target_lo,
                     target_hi,
                 )  # fmt: skip
-                i = j
-                while i > 0 and u_lo[i - 1] > c_lo:
-                    u_lo[i] = u_lo[i - 1]
-                    u_hi[i] = u_hi[i - 1]
-                    i -= 1
-                u_lo[i] = c_lo
-                u_hi[i] = c_hi
+                _insert_interval(u_lo, u_hi, j, c_lo, c_hi)
             nm, m_lo, m_hi = _difference(t_lo, t_hi, 1, u_lo, u_hi, 0, kept, m_lo, m_hi)
             if nm:
                 state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)

@@ -1,7 +1,8 @@
 """``python -m benchmarks.compile_scale``: what compiling costs as circuits grow.
 
-Each case runs in a process of its own (its peak memory is its own) after a warm-up compile
-(the numba passes load from their disk cache once per process; that load is reported apart):
+Each case runs in a process of its own (its peak memory is its own) after warm-up compiles,
+smoothed and not (the numba passes load from their disk cache once per process and signature;
+that load is reported apart):
 
 - ``or-N``: an OR of ``N`` literals, smoothed (every child misses ``N - 1`` variables);
 - ``and-N``: an AND of ``N`` literals, smoothed (nothing to add);
@@ -56,6 +57,7 @@ t = time.perf_counter()
 warm = Circuit(2)
 warm.add_root(warm.disjoin([warm.literal(1), warm.literal(-2)]))
 warm.compile()
+warm.compile(smooth=False)
 cache_load = time.perf_counter() - t
 extra = {}
 c = Circuit(size)

@@ -10,13 +10,15 @@ Node ids of the DAG these passes build: ``0`` false, ``1`` true, ``2..V+1`` the 
 tautologies ``v OR -v`` (leaves: the module computes them from the literal weights); internal
 nodes (AND/OR) from ``num_leaves`` on, each created after its children.
 
-Variable sets (for smoothing) are sorted lists of disjoint, non-adjacent intervals of
-*positions*: the free variables are numbered in the order a depth-first walk from the roots
-first meets them, so the variables below a node tend to be contiguous and a node's set is a
-few intervals, not a ``V``-bit bitset. A smoothing gap (the variables an OR child misses) is
-covered by the canonical nodes of a segment tree over the positions, each one shared AND of
-tautology leaves ("gadget") made on first use: an OR of ``n`` literals costs ``O(n log n)``
-edges instead of ``n^2``.
+Smoothing works on *positions* (the free variables numbered once). With targets
+(:func:`interval_targets`, SDDs: positions in vtree order) every node is to mention one
+interval of positions, shared by an OR and its children, and no variable sets are kept. Without
+them (the general path) each node's variable set is a sorted list of disjoint, non-adjacent
+intervals, positions numbered in the order a depth-first walk from the roots first meets the
+variables (so the variables below a node tend to be contiguous): a few intervals, not a
+``V``-bit bitset. Either way a gap (the positions a node misses) is covered by the canonical
+nodes of a segment tree over the positions, each one shared AND of tautology leaves ("gadget")
+made on first use: an OR of ``n`` literals costs ``O(n log n)`` edges instead of ``n^2``.
 """
 
 from __future__ import annotations
@@ -503,8 +505,9 @@ def build_dag(
     ``AND(child, gadgets)`` (an AND child's own children spliced in), and each root that is not
     false likewise for every free variable it misses. With targets, each node is made to
     mention exactly its target: an AND gets the gadgets of what its children miss of it, an
-    OR's child outside its group likewise, so an OR's children in its group need nothing and
-    no child's variables are read where its edge is covered.
+    OR's child outside its group likewise (its edge's gap set), so an OR's children in its
+    group need nothing and no variable sets are kept. The nodes that need no variable sets
+    are built by :func:`_build_run`; the rest (and whatever it asks for) here.
 
     Returns ``(dag_kind, dag_start, dag_children, root_ids)``: kinds and CSR of every DAG node
     (leaves have no children).

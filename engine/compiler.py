@@ -6,11 +6,16 @@ linear in the circuit whatever its depth) does:
 1. **Constant propagation**: true/false and literals the caller fixes fold away (an AND with a
    false child is false, true children drop out, ...); single-child nodes collapse into their
    child. Children are sorted, so equal nodes get equal child lists.
-2. **Smoothing** (optional): each OR child that misses some of the OR's variables is conjoined
-   with their tautologies ``v OR -v``, and each root likewise for every free variable. The
-   tautologies are leaves, and a run of them is a shared AND from a segment tree over the
-   variables (in the order a depth-first walk meets them), so an OR of ``n`` literals costs
-   ``O(n log n)`` edges, not ``n^2``; variable sets are interval lists, not ``V``-bit sets.
+2. **Smoothing** (optional): every node is made to mention a set of variables, an OR's
+   children its own, each root every free variable, by conjoining the tautologies
+   ``v OR -v`` of what a node misses. The tautologies are leaves, and a run of them is a
+   shared AND from a segment tree over the variables, so an OR of ``n`` literals costs
+   ``O(n log n)`` edges, not ``n^2``. Where the circuit allows it (SDDs: every AND's children
+   on disjoint variable intervals, in vtree order), each node is smoothed once, to an interval
+   of variables shared by an OR and its children (:func:`~trilay.engine._passes.interval_targets`),
+   and each distinct gap's tautologies are made once; otherwise each OR child is smoothed to
+   its OR's variables, kept as interval lists (variables numbered in the order a depth-first
+   walk meets them), not ``V``-bit sets.
 3. **Deduplication** by hash-consing: a node equal to an earlier one (same kind, same
    children) is that node, so identical sub-circuits within and across roots merge.
 

@@ -238,7 +238,7 @@ def interval_targets(kind, start, children, order, leaf_of_literal, pos, num_var
             break
     if changed:
         return fail
-    and_gap = np.full(n, -1, np.int64)
+    and_gap = np.full(n, -1, np.int32)
     edge_gap = np.full(children.size, -1, np.int32)
     gap_sets = (np.full(1024, -1, np.int64), np.zeros(65, np.int64), np.empty(64, np.int64),
                 np.empty(64, np.int64), np.zeros(1, np.int64))  # fmt: skip
@@ -327,7 +327,8 @@ def _gap_set(m_lo, m_hi, nm, gap_sets):
 def no_targets():
     """:func:`build_dag`'s ``targets`` where there are none (no smoothing to intervals)."""
     none = np.empty(0, np.int64)
-    return none, none, none, np.empty(0, np.int32), none, none, none
+    no_gaps = np.empty(0, np.int32)
+    return none, none, no_gaps, no_gaps, none, none, none
 
 
 @njit(cache=True)
@@ -605,11 +606,21 @@ def build_dag(
                 padded = _grow(padded, amount)
                 continue
             if request == _GAP:
+                # Every gap set the node needs, not just the first: the node is redone after
+                # each request, and an OR of n literals needs n of them (once per request:
+                # quadratic).
+                node = order[i]
+                if kind[node] == AND:
+                    gaps = and_gap[node : node + 1]
+                else:
+                    gaps = edge_gap[start[node] : start[node + 1]]
                 state = (dkind, dstart, dkids, table, vstart, vlo, vhi, sizes)
-                _, _, made, state = _gap_tautologies(
-                    amount, gap_start, gap_lo, gap_hi, made, state, gadget, seg_size, var_at,
-                    num_vars,
-                )  # fmt: skip
+                for gap in gaps:
+                    if gap >= 0 and made[0][gap] < 0:
+                        _, _, made, state = _gap_tautologies(
+                            gap, gap_start, gap_lo, gap_hi, made, state, gadget, seg_size,
+                            var_at, num_vars,
+                        )  # fmt: skip
                 dkind, dstart, dkids, table, vstart, vlo, vhi, sizes = state
                 continue
         # _GENERAL: smoothing with variable sets, or an AND whose gap is not its gap set's

@@ -134,7 +134,7 @@ class CompiledCircuit:
         self.offsets = offsets
         self.roots = roots
         off = offsets.cpu().numpy()
-        self.edge_starts = [0] + [int(off[r - self.num_leaves]) for r in self.row_starts[1:]]
+        self.edge_starts = [0] + off[np.asarray(self.row_starts[1:]) - self.num_leaves].tolist()
         self._derive(child.cpu().numpy(), off)
 
     @property
@@ -184,16 +184,21 @@ class CompiledCircuit:
         self.parent_edge = torch.from_numpy(parent_edge).to(device)
         self.node_hubs: dict[int, HubPlan] = {}
         self.parent_hubs: dict[int, HubPlan] = {}
-        for k in range(1, self.num_layers + 1):
+        # Only layers holding a hub get a plan: a 200,000-deep chain has 400,000 layers, and
+        # a numpy call or two per layer cost it seconds.
+        for k in self._hub_layers(offsets, n0):
             lo, hi = self.layer_rows(k)
-            plan = hub_plan(offsets[lo - n0 : hi - n0 + 1])
-            if plan is not None:
-                self.node_hubs[k] = plan.to(device)
-        for k in range(self.num_layers + 1):
+            self.node_hubs[k] = hub_plan(offsets[lo - n0 : hi - n0 + 1]).to(device)
+        for k in self._hub_layers(parent_offsets, 0):
             lo, hi = self.layer_rows(k)
-            plan = hub_plan(parent_offsets[lo : hi + 1], base=lo)
-            if plan is not None:
-                self.parent_hubs[k] = plan.to(device)
+            self.parent_hubs[k] = hub_plan(parent_offsets[lo : hi + 1], base=lo).to(device)
+
+    def _hub_layers(self, offsets: np.ndarray, first_row: int) -> list[int]:
+        """The layers with a segment ``offsets[i]:offsets[i+1]`` (row ``first_row + i``)
+        longer than :data:`HUB_CHUNK`."""
+        long_rows = np.flatnonzero(np.diff(offsets) > HUB_CHUNK) + first_row
+        layers = np.searchsorted(self.row_starts, long_rows, side="right") - 1
+        return np.unique(layers).tolist()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every index tensor by name (hub plans as ``node_hub{k}_*`` / ``parent_hub{k}_*``)."""

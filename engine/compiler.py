@@ -84,15 +84,14 @@ def compile_circuit(
             "int32 indices allow at most 2^31 - 1 of each"
         )
     child, offsets = _passes.row_csr(dstart, kid_row, row, num_leaves, num_rows)
-    # Drop the empty layers (an OR-only circuit has no AND layer).
-    kinds = ["and" if k % 2 else "or" for k in range(1, num_layers + 1)]
-    nonempty = [k for k in range(1, num_layers + 1) if row_start[k + 1] > row_start[k]]
+    # Drop the empty layers (an OR-only circuit has no AND layer); AND layers are the odd ones.
+    nonempty = np.flatnonzero(np.diff(row_start)[1 : num_layers + 1] > 0) + 1
     return CompiledCircuit(
         num_vars=num_vars,
         smooth=smooth,
         fixed=fixed,
-        layer_kinds=[kinds[k - 1] for k in nonempty],
-        row_starts=[0, num_leaves] + [int(row_start[k + 1]) for k in nonempty],
+        layer_kinds=np.where(nonempty % 2 == 1, "and", "or").tolist(),
+        row_starts=[0, num_leaves] + row_start[nonempty + 1].tolist(),
         child=torch.from_numpy(child),
         offsets=torch.from_numpy(offsets),
         roots=torch.from_numpy(row[root_ids].astype(np.int64)),

@@ -15,8 +15,8 @@ Per case: IR nodes and edges, layered nodes (internal: without the leaf rows), e
 layers, the compile time, and the peak resident memory above what the process held when
 compiling began (the kernel's high-water mark reset there: an earlier step's peak is not
 counted); for ``3cnf-N`` also ``add_sdd``'s time and peak (PySDD's save and trilay's
-reading). Results: a table on stdout and ``compile-scale-<date>.json`` under ``--output``
-(default ``benchmarks/results``).
+reading); and issue 15's target for the case, met or not (:func:`target`). Results: a table
+on stdout and ``compile-scale-<date>.json`` under ``--output`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -101,6 +101,24 @@ print(json.dumps(rows))
 """
 
 
+def target(row: dict) -> str:
+    """Issue 15's target for the row's case, and whether the row meets it ("" if none)."""
+    case, seconds = row["case"], row["compile_s"]
+    if case == "or-100000":
+        what, met = "< 2 s", seconds < 2
+    elif case == "chain-4000":
+        what = "< 1 s, layered internal nodes <= IR nodes"
+        met = seconds < 1 and row["internal"] <= row["ir_nodes"]
+    elif case == "chain-200000":
+        what, met = "< 10 s", seconds < 10
+    elif case == "3cnf-60":
+        what = "faster than PySDD, < 2 GB"
+        met = seconds < row["pysdd_compile_s"] and row["peak_mb_over_start"] < 2048
+    else:
+        return ""
+    return f"{what}: {'met' if met else 'NOT met'}"
+
+
 def run_case(case: str, root: pathlib.Path) -> list[dict]:
     dev = root / ".dev"
     env_path = f"{dev}:{root}" if dev.exists() else str(root)
@@ -124,10 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     root = pathlib.Path(__file__).resolve().parent.parent
     rows = []
     columns = ("case", "smooth", "IR nodes", "layered internal nodes", "edges", "layers")
-    columns += ("compile", "peak memory")
+    columns += ("compile", "peak memory", "target")
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns), flush=True)
     for case in args.cases:
         for row in run_case(case, root):
+            if "error" not in row:
+                row["target"] = target(row)
             rows.append(row)
             if "error" in row:
                 print(f"| {case} | error: {row['error']} |", flush=True)
@@ -141,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"| {case} | {row['smooth']} | {row['ir_nodes']:,} | {row['internal']:,} | "
                 f"{row['edges']:,} | {row['layers']:,} | {row['compile_s']:.2f} s{pysdd} | "
-                f"{row['peak_mb_over_start']:,.0f} MB |",
+                f"{row['peak_mb_over_start']:,.0f} MB | {row['target']} |",
                 flush=True,
             )
     out = pathlib.Path(args.output)
